@@ -1,0 +1,107 @@
+"""The composition: vision tower -> projector -> image embeddings spliced into the decoder's input.
+
+Prompt building expands each image placeholder into `num_image_tokens` copies of `image_token_id`
+(processing/prompt.py); here every copy is replaced, in order, by one projected image embedding, with
+a count check. This is equivalent to the official runtime, which splices the 81 embeddings in place of
+one `<|image_pad|>` token (model-facts.md 3.2). No sampling and no files here.
+
+Reference: transformers `models/llava/modeling_llava.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omnivision.config import OmniVisionConfig
+from omnivision.model.kv_cache import KVCache
+from omnivision.model.projector import Projector
+from omnivision.model.qwen2 import Qwen2ForCausalLM, RMSNorm
+from omnivision.model.siglip import SiglipPoolingHead, SiglipVisionTower
+
+
+class OmniVisionModel(nn.Module):
+    def __init__(self, config: OmniVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = SiglipVisionTower(config.vision)
+        self.projector = Projector(config.projector.compression, config.projector_in_features,
+                                   config.projector.hidden_size, config.text.hidden_size)
+        self.language = Qwen2ForCausalLM(config.text)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.language.model.embed_tokens.weight.device
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, C, H, W] -> image embeddings [N, num_image_tokens, D_text]."""
+        features = self.vision(pixel_values.to(self.vision.embeddings.patch_embedding.weight.dtype))
+        return self.projector(features.to(self.projector[0].weight.dtype))
+
+    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] (+ image_embeds [N, K, D]) -> input embeddings [B, T, D].
+
+        The image placeholder ids, read in row-major order, take the N*K image vectors in order.
+        """
+        embeds = self.language.embed(input_ids)  # [B, T, D]
+        slots = input_ids == self.config.image_token_id  # [B, T]
+        n_slots = int(slots.sum())
+        n_vectors = 0 if image_embeds is None else image_embeds.shape[0] * image_embeds.shape[1]
+        if n_slots != n_vectors:
+            raise ValueError(f"the prompt has {n_slots} image placeholder tokens but {n_vectors} image "
+                             f"embeddings were given ({self.config.num_image_tokens} per image)")
+        if n_slots:
+            embeds = embeds.masked_scatter(slots[..., None],
+                                           image_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                image_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                key_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Full-sequence logits [B, T, vocab] (training and tests; generation uses the parts)."""
+        if pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values)
+        embeds = self.embed(input_ids, image_embeds)
+        if position_ids is None:
+            position_ids = default_positions(input_ids.shape[0], input_ids.shape[1], key_valid,
+                                             cache.length if cache is not None else 0, input_ids.device)
+        hidden = self.language(embeds, position_ids, key_valid, cache)
+        return self.language.logits(hidden)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        t = self.config.text
+        return KVCache(t.num_layers, batch, t.num_kv_heads, max_len, t.head_dim, self.dtype, self.device)
+
+
+def default_positions(batch: int, length: int, key_valid: torch.Tensor | None, past: int,
+                      device: torch.device) -> torch.Tensor:
+    """Position ids [B, T] for the last T positions: padding does not count (left padding)."""
+    if key_valid is None:
+        return torch.arange(past, past + length, device=device).expand(batch, -1)
+    positions = key_valid.long().cumsum(-1) - 1  # [B, S]
+    return positions.clamp(min=0)[:, -length:]
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, std: float = 0.02) -> None:
+    """Fresh random weights as Hugging Face initialises these models: N(0, std) for linear, conv and
+    embedding weights (and the pooling probe), zero biases, unit norms."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, nn.MultiheadAttention):
+            module.in_proj_weight.normal_(0.0, std)
+            module.in_proj_bias.zero_()
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+        elif isinstance(module, SiglipPoolingHead):
+            module.probe.normal_(0.0, std)

@@ -1,0 +1,163 @@
+"""The Qwen2 decoder: RMSNorm, rotary positions (rotate-half), grouped-query attention with q/k/v
+biases, SwiGLU MLP, tied or separate output head.
+
+Takes input embeddings rather than token ids, so the composition can splice image embeddings in.
+Submodule names follow Hugging Face's `Qwen2ForCausalLM` (`model.layers.N.self_attn.q_proj`, ...).
+The decoder never samples and keeps no state of its own: a `KVCache` is passed in.
+
+Reference: transformers `models/qwen2/modeling_qwen2.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnivision.config import TextConfig
+from omnivision.model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: [B, T] -> cos, sin: [B, 1, T, hd]
+        freqs = positions[..., None].float() * self.inv_freq  # [B, T, hd/2]
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class Qwen2Attention(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, _ = x.shape  # [B, T, D]
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, Hkv, S, hd], S = cached + T
+        is_causal = mask is None and t > 1 and k.shape[2] == t
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                             enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # [B, T, D]
+
+
+class Qwen2MLP(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Qwen2Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = Qwen2MLP(cfg)
+
+    def forward(self, x, rope, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+
+
+def attention_mask(key_valid: torch.Tensor, query_len: int) -> torch.Tensor:
+    """Causal mask with key padding: key_valid [B, S] bool -> [B, 1, T, S] bool (True = attend).
+
+    The T queries are the last T of the S positions. A query always sees itself, so padded query
+    rows never have an empty softmax.
+    """
+    s = key_valid.shape[1]
+    q_pos = torch.arange(s - query_len, s, device=key_valid.device)[:, None]  # [T, 1]
+    k_pos = torch.arange(s, device=key_valid.device)[None, :]  # [1, S]
+    causal = k_pos <= q_pos  # [T, S]
+    mask = causal[None] & key_valid[:, None, :]  # [B, T, S]
+    mask = mask | (k_pos == q_pos)[None]
+    return mask[:, None]
+
+
+class Qwen2ForCausalLM(nn.Module):
+    """Embeddings in, hidden states out; `logits()` applies the (tied) output head."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen2Model(cfg)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size,
+                                                                       bias=False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
+                key_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """inputs_embeds [B, T, D], position_ids [B, T], key_valid [B, S] (None: no padding).
+
+        With a cache, S = cached positions + T and the new keys are written into it.
+        Returns the final-norm hidden states [B, T, D].
+        """
+        b, t = inputs_embeds.shape[:2]
+        past = cache.length if cache is not None else 0
+        if key_valid is None and t > 1 and past > 0:
+            # a multi-token chunk after cached positions needs an explicit causal mask
+            key_valid = torch.ones(b, past + t, dtype=torch.bool, device=inputs_embeds.device)
+        rope = self.model.rotary(position_ids, inputs_embeds.dtype)
+        mask = None if key_valid is None else attention_mask(key_valid, t)
+        h = inputs_embeds
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, rope, mask, cache, i)
+        if cache is not None:
+            cache.advance(t)
+        return self.model.norm(h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)

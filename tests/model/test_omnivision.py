@@ -1,0 +1,65 @@
+"""The composition: parameter count of the release shapes, image splicing, preset checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omnivision.config import OmniVisionConfig, ProjectorConfig, VisionConfig, preset
+from omnivision.model import OmniVisionModel
+
+
+def test_release_preset_has_exactly_the_official_parameter_count():
+    with torch.device("meta"):
+        model = OmniVisionModel(preset("omnivision-968m"))
+    counts = {part: sum(p.numel() for p in getattr(model, part).parameters())
+              for part in ("vision", "projector", "language")}
+    assert counts == {"vision": 428_225_600, "projector": 46_142_336, "language": 494_032_768}
+    assert sum(counts.values()) == 968_400_704
+    assert model.config.num_image_tokens == 81
+
+
+def test_image_embeddings_replace_placeholders_in_order(tiny_model, tiny_config):
+    k = tiny_config.num_image_tokens
+    ids = torch.tensor([[5, 6] + [tiny_config.image_token_id] * k + [7]])
+    image = torch.randn(1, k, tiny_config.text.hidden_size)
+    embeds = tiny_model.embed(ids, image)
+    assert torch.equal(embeds[0, 2:2 + k], image[0])
+    assert torch.equal(embeds[0, :2], tiny_model.language.embed(ids[:, :2])[0])
+
+
+def test_image_splice_changes_the_logits(tiny_model, tiny_config):
+    k = tiny_config.num_image_tokens
+    ids = torch.tensor([[5] + [tiny_config.image_token_id] * k + [7, 8]])
+    a = tiny_model(ids, pixel_values=torch.randn(1, 3, 84, 84))
+    b = tiny_model(ids, pixel_values=torch.randn(1, 3, 84, 84))
+    assert not torch.allclose(a[0, -1], b[0, -1])
+    assert torch.allclose(a[0, 0], b[0, 0])  # positions before the image cannot see it
+
+
+@pytest.mark.parametrize("image_size,patch_size,compression,tokens", [
+    (84, 14, "concat9", 4), (42, 14, "concat9", 1), (126, 14, "spatial3x3", 9), (84, 14, "none", 36),
+    (60, 4, "concat9", 25),  # 15x15 = 225 patches: divisible by 9 with an odd grid side
+])
+def test_any_grid_divisible_by_nine_works(image_size, patch_size, compression, tokens):
+    cfg = preset("tiny")
+    cfg = OmniVisionConfig(
+        vision=VisionConfig(**{**cfg.vision.__dict__, "image_size": image_size, "patch_size": patch_size}),
+        projector=ProjectorConfig(compression=compression, hidden_size=16), text=cfg.text,
+        image_token_id=cfg.image_token_id, stop_token_ids=cfg.stop_token_ids)
+    model = OmniVisionModel(cfg)
+    assert cfg.num_image_tokens == tokens
+    assert model.encode_images(torch.randn(1, 3, image_size, image_size)).shape == (1, tokens, 64)
+
+
+def test_config_rejects_grid_not_divisible_by_nine():
+    with pytest.raises(ValueError, match="projector.compression"):
+        OmniVisionConfig(vision=VisionConfig(image_size=56, patch_size=14, hidden_size=32,
+                                             intermediate_size=64, num_layers=1, num_heads=4))
+
+
+def test_config_json_round_trip_and_unknown_fields(tiny_config):
+    again = OmniVisionConfig.from_json(tiny_config.to_json())
+    assert again == tiny_config
+    with pytest.raises(ValueError, match="unknown config fields"):
+        OmniVisionConfig.from_dict({**tiny_config.to_dict(), "bogus": 1})
