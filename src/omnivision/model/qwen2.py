@@ -31,14 +31,17 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
+    """Rotation angles for positions; holds no tensors, so models built on `meta` need no fix-up."""
+
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [B, T] -> cos, sin: [B, 1, T, hd]
-        freqs = positions[..., None].float() * self.inv_freq  # [B, T, hd/2]
+        steps = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=positions.device)
+        inv_freq = 1.0 / self.theta ** (steps / self.head_dim)  # [hd/2]
+        freqs = positions[..., None].float() * inv_freq  # [B, T, hd/2]
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 

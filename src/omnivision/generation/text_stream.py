@@ -1,0 +1,84 @@
+"""From generated token ids to answer text, piece by piece.
+
+Owns the text-level rules of an answer: incremental UTF-8-safe decoding, removal of the assistant
+header that the official model writes itself (`<|im_start|>assistant\\n`, stripped as Nexa's SDK
+does), user stop strings (text is held back while it could still become one), and the final strip.
+Closing the stream closes the token generator, which stops generation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from omnivision.processing.prompt import ASSISTANT_HEADER
+from omnivision.processing.tokenizer import StreamDecoder, Tokenizer
+
+
+class TextStream:
+    """Iterate to get text pieces; `token_ids` holds every id consumed so far."""
+
+    def __init__(self, tokens: Iterator[int], tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
+        self._tokens = tokens
+        self._decoder = StreamDecoder(tokenizer)
+        self._stop = [s for s in stop if s]
+        self.token_ids: list[int] = []
+        self.stopped_by: str | None = None
+        """The stop string that ended the answer, if any."""
+        self._pending = ""  # decoded, not yet emitted
+        self._started = False  # header handled and leading whitespace dropped
+
+    def __iter__(self) -> Iterator[str]:
+        for token in self._tokens:
+            self.token_ids.append(token)
+            self._pending += self._decoder.push(token)
+            piece, done = self._release(final=False)
+            if piece:
+                yield piece
+            if done:
+                close = getattr(self._tokens, "close", None)
+                if close is not None:
+                    close()
+                return
+        self._pending += self._decoder.flush()
+        piece, _ = self._release(final=True)
+        if piece:
+            yield piece
+
+    def _release(self, final: bool) -> tuple[str, bool]:
+        """Text that can be emitted now, and whether a stop string ended the answer."""
+        if not self._started:
+            head = self._pending.lstrip()
+            if not final and (ASSISTANT_HEADER.startswith(head) or not head):
+                return "", False  # could still be the header
+            if head.startswith(ASSISTANT_HEADER):
+                head = head[len(ASSISTANT_HEADER):].lstrip()
+                if not head and not final:
+                    self._pending = ""
+                    return "", False
+            self._pending, self._started = head, True
+        for s in self._stop:
+            at = self._pending.find(s)
+            if at >= 0:
+                self.stopped_by = s
+                out, self._pending = self._pending[:at], ""
+                return out.rstrip(), True
+        if final:
+            out, self._pending = self._pending.rstrip(), ""
+            return out, False
+        keep = self._holdback()
+        out = self._pending[:len(self._pending) - keep]
+        self._pending = self._pending[len(out):]
+        # trailing whitespace is held until more text follows, so the answer ends stripped
+        stripped = out.rstrip()
+        self._pending = out[len(stripped):] + self._pending
+        return stripped, False
+
+    def _holdback(self) -> int:
+        """Length of the longest suffix of the pending text that is a prefix of a stop string."""
+        best = 0
+        for s in self._stop:
+            for n in range(min(len(s) - 1, len(self._pending)), best, -1):
+                if self._pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best

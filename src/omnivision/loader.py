@@ -1,0 +1,124 @@
+"""`load(source)`: resolve a model source to an `OmniVision`.
+
+A source is, in this order of checks:
+
+- a native checkpoint directory (`config.json` + `model.safetensors` + `tokenizer.json`);
+- a directory holding the official GGUF pair (files told apart by `general.architecture`);
+- a language-model `.gguf` file, with the mmproj given as `mmproj=` or found beside it;
+- a hub repo id such as `NexaAIDev/OmniVLM-968M`, resolved with `huggingface_hub` (cached, or
+  downloaded when online; offline, the error says which files to fetch and where to put them).
+
+`dtype="auto"` computes in bf16 where the CPU has native bf16 support and in fp32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from omnivision.vlm import OmniVision
+from omnivision.weights.errors import CheckpointError
+from omnivision.weights.gguf_file import GGUFFile
+from omnivision.weights.native import is_native, load_native
+from omnivision.weights.release_read import ReleaseFiles, find_release, load_release
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+RELEASE_FILES = "the language-model GGUF (e.g. Nano-Vlm-Processor-494M-F16.gguf) and the mmproj GGUF " \
+                "(mmproj-omni-vlm-f16.gguf)"
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if torch.device(device).type == "cpu":
+            return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        return torch.bfloat16
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16 or auto")
+    return DTYPES[dtype]
+
+
+def _mmproj_beside(llm: Path) -> Path:
+    candidates = []
+    for p in sorted(llm.parent.glob("*.gguf")):
+        if p != llm and GGUFFile.open(p).metadata.get("general.architecture") == "siglip":
+            candidates.append(p)
+    if len(candidates) != 1:
+        raise CheckpointError(llm, f"give the mmproj file with --mmproj ({len(candidates)} candidates "
+                                   f"found beside the model)")
+    return candidates[0]
+
+
+def _release_from_file(llm_path: Path, mmproj: str | os.PathLike | None) -> ReleaseFiles:
+    llm = GGUFFile.open(llm_path)
+    if llm.metadata.get("general.architecture") != "qwen2":
+        raise CheckpointError(llm_path, f"general.architecture is {llm.metadata.get('general.architecture')!r}, "
+                                        f"expected 'qwen2' for the language model")
+    mm = GGUFFile.open(Path(mmproj) if mmproj else _mmproj_beside(llm_path))
+    if mm.metadata.get("general.architecture") != "siglip":
+        raise CheckpointError(mm.path, "the mmproj must have general.architecture 'siglip'")
+    return ReleaseFiles(llm=llm, mmproj=mm, note=f"language model: {llm_path.name}")
+
+
+def download_release(repo_id: str) -> Path:
+    """The local folder of a hub repo's GGUF files: from the cache, else downloaded."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.gguf", "*.json"], local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.gguf", "*.json"]))
+    except Exception as e:  # network errors come in many types
+        raise CheckpointError(repo_id, f"cannot download from the hub ({type(e).__name__}). Offline, "
+                                       f"download {RELEASE_FILES} from https://huggingface.co/{repo_id} "
+                                       f"into one folder and pass that folder as the model") from None
+
+
+def load(source: str | os.PathLike, device: str | torch.device = "cpu",
+         dtype: str | torch.dtype | None = "auto", *, gguf_type: str | None = None,
+         mmproj: str | os.PathLike | None = None) -> OmniVision:
+    """Load a model from any supported source (see the module docstring)."""
+    dtype = resolve_dtype(dtype, device)
+    path = Path(source)
+    if path.is_dir() and is_native(path):
+        model, tokenizer = load_native(path, dtype)
+        note = f"native checkpoint {path}"
+    elif path.is_dir() and any(path.glob("*.gguf")):
+        files = find_release(path, gguf_type)
+        model, tokenizer = load_release(files, dtype)
+        note = files.note
+    elif path.is_file():
+        if path.suffix != ".gguf":
+            raise CheckpointError(path, "not a model: give a checkpoint directory, a GGUF directory "
+                                        "or a language-model .gguf file")
+        files = _release_from_file(path, mmproj)
+        model, tokenizer = load_release(files, dtype)
+        note = files.note
+    elif path.exists():
+        raise CheckpointError(path, "a directory with neither a native checkpoint (config.json, "
+                                    "model.safetensors) nor GGUF files")
+    elif _REPO_ID.match(str(source)):
+        folder = download_release(str(source))
+        files = find_release(folder, gguf_type)
+        model, tokenizer = load_release(files, dtype)
+        note = f"{source}: {files.note}"
+    else:
+        raise CheckpointError(source, "no such file or directory")
+    return OmniVision(model.to(device), tokenizer, note=note)

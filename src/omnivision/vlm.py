@@ -1,0 +1,111 @@
+"""`OmniVision`: a loaded model with its tokenizer and preprocessing, answering about images.
+
+The user-facing object that `omnivision.load` returns. It turns (image, prompt, history) into
+prompt ids and pixels by the model's own config (template, preprocessing), runs the generation loop
+and turns ids back into text. Image embeddings are not cached here yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from omnivision.generation.generate import GenerationConfig, generate
+from omnivision.generation.sampling import SamplingConfig
+from omnivision.generation.text_stream import TextStream
+from omnivision.model import OmniVisionModel
+from omnivision.processing.image import ImageProcessor, ImageSource
+from omnivision.processing.prompt import Message, build_inputs
+from omnivision.processing.tokenizer import Tokenizer
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    """Every generated id (an assistant header the model wrote included), without the stop token."""
+    prompt_tokens: int
+    stopped_by: str | None = None
+
+
+@dataclass
+class Turn:
+    """One exchange of a conversation, for multi-turn chat."""
+
+    prompt: str
+    answer: str
+    image: ImageSource | None = field(default=None, repr=False)
+
+
+class OmniVision:
+    def __init__(self, model: OmniVisionModel, tokenizer: Tokenizer, note: str = "") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.note = note
+        """How the source was resolved (which files, which precision), for reporting."""
+        self.image_processor = ImageProcessor(self.config.vision.image_size, self.config.processing)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def prompt_ids(self, prompt: str, image: ImageSource | None,
+                   history: Sequence[Turn] = (), template: str | None = None) -> tuple[list[int], list]:
+        """Expanded prompt ids and the images they refer to, oldest first."""
+        messages, images = [], []
+        for turn in (*history, Turn(prompt, "", image)):
+            messages.append(Message("user", turn.prompt, has_image=turn.image is not None))
+            if turn.image is not None:
+                images.append(turn.image)
+            if turn.answer:
+                messages.append(Message("assistant", turn.answer))
+        proc = self.config.processing
+        ids = build_inputs(self.tokenizer, messages, template or proc.template, proc.system_prompt,
+                           self.config.num_image_tokens)
+        return ids, images
+
+    def _generation_config(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                           repetition_penalty: float, seed: int | None) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=max_new_tokens,
+                                sampling=SamplingConfig(temperature, top_k, top_p, repetition_penalty),
+                                seed=seed, stop_token_ids=self.config.stop_token_ids)
+
+    def _stream(self, image, prompt, history, template, stop, gen_kwargs) -> tuple[TextStream, int]:
+        gen = self._generation_config(**gen_kwargs)  # settings checked before any image work
+        ids, images = self.prompt_ids(prompt, image, history, template)
+        embeds = None
+        if images:
+            pixels = self.image_processor(images)
+            with torch.inference_mode():
+                embeds = self.model.encode_images(pixels.to(self.model.device))
+        tokens = generate(self.model, ids, embeds, gen)
+        return TextStream(tokens, self.tokenizer, stop), len(ids)
+
+    def stream(self, image: ImageSource | None, prompt: str, *, history: Sequence[Turn] = (),
+               template: str | None = None, stop: Sequence[str] = (), max_new_tokens: int = 256,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0, seed: int | None = None) -> Iterator[str]:
+        """Yield the answer as it is generated (greedy by default, as the official runtime)."""
+        text, _ = self._stream(image, prompt, history, template, stop,
+                               dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, repetition_penalty=repetition_penalty, seed=seed))
+        yield from text
+
+    def answer(self, image: ImageSource | None, prompt: str, *, history: Sequence[Turn] = (),
+               template: str | None = None, stop: Sequence[str] = (), max_new_tokens: int = 256,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0, seed: int | None = None) -> Answer:
+        """The whole answer with its token ids."""
+        text, n_prompt = self._stream(image, prompt, history, template, stop,
+                                      dict(max_new_tokens=max_new_tokens, temperature=temperature,
+                                           top_k=top_k, top_p=top_p,
+                                           repetition_penalty=repetition_penalty, seed=seed))
+        answer = "".join(text)
+        return Answer(answer, text.token_ids, n_prompt, text.stopped_by)
+
+    def chat(self, image: ImageSource | None, prompt: str, **kwargs) -> str:
+        """The answer text; keyword arguments as `answer`."""
+        return self.answer(image, prompt, **kwargs).text

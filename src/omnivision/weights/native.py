@@ -1,0 +1,142 @@
+"""The native checkpoint: a directory with `config.json`, `model.safetensors` and `tokenizer.json`.
+
+Saving writes into a temporary sibling directory and renames it into place, so an interrupted save
+never leaves a half-written checkpoint under the target name. Loading validates the safetensors
+header first (`safetensors_check`), builds the model on the `meta` device and assigns tensors that
+are views of a copy-on-write memory map of the file: nothing is read until used, and the weights
+cost no resident memory beyond the pages touched. (safetensors' own loader copies each tensor into
+process memory, which is why the mapping is done here.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from omnivision.config import OmniVisionConfig
+from omnivision.model import OmniVisionModel
+from omnivision.processing.tokenizer import Tokenizer
+from omnivision.weights.errors import CheckpointError
+from omnivision.weights.safetensors_check import check_safetensors
+
+FORMAT = "omnivision-native"
+FORMAT_VERSION = 1
+CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+
+_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+          "BOOL": np.bool_}
+
+
+def is_native(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
+
+
+def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.PathLike,
+                extra: dict | None = None) -> Path:
+    """Write the checkpoint directory `out` (replacing an existing one only once complete)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **(extra or {}),
+                "config": model.config.to_dict()}
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        tokenizer.backend.save(str(tmp / TOKENIZER))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_config(path: str | os.PathLike) -> OmniVisionConfig:
+    file = Path(path) / CONFIG
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(file, f"cannot read the config: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(file, f"not an omnivision checkpoint config (no format {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(file, f"unsupported format_version {meta.get('format_version')!r}")
+    try:
+        return OmniVisionConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(file, f"invalid config: {e}") from None
+
+
+def mmap_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Validated, zero-copy tensors backed by a private memory map of the file."""
+    path = Path(path)
+    header = check_safetensors(path)
+    with open(path, "rb") as fh:
+        data_start = 8 + int.from_bytes(fh.read(8), "little")
+    if not header:
+        return {}
+    raw = np.memmap(path, dtype=np.uint8, mode="c")
+    out = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        chunk = raw[data_start + begin: data_start + end]
+        array = chunk.view(_NUMPY[entry["dtype"]]).reshape(entry["shape"])
+        tensor = torch.from_numpy(array)
+        out[name] = tensor.view(torch.bfloat16) if entry["dtype"] == "BF16" else tensor
+    return out
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
+               dtype: torch.dtype | None) -> None:
+    """Assign `state` into a meta-device model, checking names and shapes first."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(source, f"tensor names do not match the config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(source, f"tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                  f"the config needs {tuple(expected[name].shape)}")
+        if not tensor.is_floating_point():
+            raise CheckpointError(source, f"tensor {name!r} has non-float dtype {tensor.dtype}")
+    if dtype is not None:
+        state = {k: v if v.dtype == dtype else v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def load_native(path: str | os.PathLike, dtype: torch.dtype | None = None
+                ) -> tuple[OmniVisionModel, Tokenizer]:
+    """Load a native checkpoint directory (tensors memory-mapped when `dtype` matches the file)."""
+    path = Path(path)
+    config = read_config(path)
+    with torch.device("meta"):
+        model = OmniVisionModel(config)
+    load_state(model, mmap_safetensors(path / WEIGHTS), path / WEIGHTS, dtype)
+    tok_file = path / TOKENIZER
+    if not tok_file.is_file():
+        raise CheckpointError(path, f"no {TOKENIZER}")
+    try:
+        tokenizer = Tokenizer.from_file(tok_file)
+    except Exception as e:  # tokenizers raises its own exception types
+        raise CheckpointError(tok_file, f"cannot load the tokenizer: {e}") from None
+    return model.eval(), tokenizer
