@@ -56,11 +56,12 @@ class OmniVision:
                    history: Sequence[Turn] = (), template: str | None = None) -> tuple[list[int], list]:
         """Expanded prompt ids and the images they refer to, oldest first."""
         messages, images = [], []
-        for turn in (*history, Turn(prompt, "", image)):
+        turns = (*history, Turn(prompt, "", image))
+        for n, turn in enumerate(turns):
             messages.append(Message("user", turn.prompt, has_image=turn.image is not None))
             if turn.image is not None:
                 images.append(turn.image)
-            if turn.answer:
+            if n < len(turns) - 1:  # a past turn keeps its assistant reply, even an empty one
                 messages.append(Message("assistant", turn.answer))
         proc = self.config.processing
         ids = build_inputs(self.tokenizer, messages, template or proc.template, proc.system_prompt,

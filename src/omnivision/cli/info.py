@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{src}: no such file or directory")
     if src.is_dir() and is_native(src):
         config = read_config(src)
+        check_safetensors(src / WEIGHTS)  # fail before printing anything
         print(f"native checkpoint {src}")
         print(f"config ({CONFIG}):")
         print(config.to_json())

@@ -26,6 +26,7 @@ class TextStream:
         """The stop string that ended the answer, if any."""
         self._pending = ""  # decoded, not yet emitted
         self._started = False  # header handled and leading whitespace dropped
+        self._header_done = False  # the assistant header was seen and removed (it is removed once)
 
     def __iter__(self) -> Iterator[str]:
         for token in self._tokens:
@@ -48,20 +49,21 @@ class TextStream:
         """Text that can be emitted now, and whether a stop string ended the answer."""
         if not self._started:
             head = self._pending.lstrip()
-            if not final and (ASSISTANT_HEADER.startswith(head) or not head):
+            if not final and (not head or not self._header_done and ASSISTANT_HEADER.startswith(head)):
                 return "", False  # could still be the header
-            if head.startswith(ASSISTANT_HEADER):
+            if not self._header_done and head.startswith(ASSISTANT_HEADER):
                 head = head[len(ASSISTANT_HEADER):].lstrip()
+                self._header_done = True
                 if not head and not final:
                     self._pending = ""
                     return "", False
             self._pending, self._started = head, True
-        for s in self._stop:
-            at = self._pending.find(s)
-            if at >= 0:
-                self.stopped_by = s
-                out, self._pending = self._pending[:at], ""
-                return out.rstrip(), True
+        # several stop strings can complete in one piece: the answer ends at the earliest
+        found = [(at, s) for s in self._stop if (at := self._pending.find(s)) >= 0]
+        if found:
+            at, self.stopped_by = min(found, key=lambda f: f[0])
+            out, self._pending = self._pending[:at], ""
+            return out.rstrip(), True
         if final:
             out, self._pending = self._pending.rstrip(), ""
             return out, False

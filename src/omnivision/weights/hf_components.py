@@ -36,6 +36,9 @@ def read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
         return mmap_safetensors(single)
     index = directory / "model.safetensors.index.json"
     if not index.is_file():
+        if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+            raise CheckpointError(directory, "only pickle weights (.bin/.pt) found; pickle files are "
+                                             "never loaded: convert them to safetensors first")
         raise CheckpointError(directory, "no model.safetensors or model.safetensors.index.json")
     weight_map = _json(index).get("weight_map", {})
     out: dict[str, torch.Tensor] = {}
@@ -55,15 +58,16 @@ def _vision_config(data: dict) -> VisionConfig:
                         has_head=v.get("vision_use_head", True))
 
 
-def _text_config(d: dict) -> TextConfig:
+def _text_config(d: dict, has_lm_head: bool) -> TextConfig:
     return TextConfig(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
                       intermediate_size=d["intermediate_size"], num_layers=d["num_hidden_layers"],
                       num_heads=d["num_attention_heads"],
                       num_kv_heads=d.get("num_key_value_heads", d["num_attention_heads"]),
-                      rope_theta=d.get("rope_theta", d.get("rope_parameters", {}).get("rope_theta", 1e6)),
+                      rope_theta=float(d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta", 1e6)),
                       rms_norm_eps=d.get("rms_norm_eps", 1e-6),
                       max_position_embeddings=d.get("max_position_embeddings", 32768),
-                      tie_word_embeddings=d.get("tie_word_embeddings", True))
+                      # Qwen2.5-0.5B says so explicitly; without the key, the weights tell
+                      tie_word_embeddings=d.get("tie_word_embeddings", not has_lm_head))
 
 
 def from_hf_components(vision_dir: str | os.PathLike, language_dir: str | os.PathLike,
@@ -74,19 +78,20 @@ def from_hf_components(vision_dir: str | os.PathLike, language_dir: str | os.Pat
     if not tok_file.is_file():
         raise CheckpointError(language_dir, "no tokenizer.json")
     tokenizer = Tokenizer.from_file(tok_file)
+    language = read_safetensors_dir(language_dir)
     try:
         config = OmniVisionConfig(
             vision=_vision_config(_json(vision_dir / "config.json")),
             projector=ProjectorConfig(compression=compression, hidden_size=projector_hidden),
-            text=_text_config(_json(language_dir / "config.json")),
+            text=_text_config(_json(language_dir / "config.json"), "lm_head.weight" in language),
             image_token_id=tokenizer.image_pad_id,
             stop_token_ids=(tokenizer.im_end_id, tokenizer.endoftext_id))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(vision_dir.parent, f"cannot build a config from the components: {e}") from None
     state = siglip_from_hf(read_safetensors_dir(vision_dir))
     if not config.vision.has_head:
         state = {k: v for k, v in state.items() if not k.startswith("vision.head.")}
-    state.update(qwen2_from_hf(read_safetensors_dir(language_dir), config.text.tie_word_embeddings))
+    state.update(qwen2_from_hf(language, config.text.tie_word_embeddings))
     torch.manual_seed(seed)
     projector = OmniVisionModel(config).projector
     init_weights(projector)

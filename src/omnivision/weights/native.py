@@ -47,20 +47,28 @@ def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.Path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **(extra or {}),
+        meta = {**(extra or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
                 "config": model.config.to_dict()}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         tokenizer.backend.save(str(tmp / TOKENIZER))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary folder
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                old.rename(out)  # put the previous checkpoint back
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)

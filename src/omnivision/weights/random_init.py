@@ -58,9 +58,10 @@ def random_model(preset_name: str, tokenizer: Tokenizer, seed: int = 0,
 
 
 def write_random_checkpoint(preset_name: str, out: str | os.PathLike,
-                            tokenizer_file: str | os.PathLike | None = None, seed: int = 0) -> tuple[Path, str]:
+                            tokenizer_file: str | os.PathLike | None = None, seed: int = 0,
+                            dtype: torch.dtype = torch.float32) -> tuple[Path, str]:
     from omnivision.weights.native import save_native
 
     tokenizer, origin = pick_tokenizer(tokenizer_file)
-    model = random_model(preset_name, tokenizer, seed)
+    model = random_model(preset_name, tokenizer, seed).to(dtype)
     return save_native(model, tokenizer, out, extra={"random_weights": True}), origin

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from gguf import GGMLQuantizationType as Q
 
 from omnivision.config import (OmniVisionConfig, ProcessingConfig, ProjectorConfig, TextConfig,
                                VisionConfig)
@@ -62,9 +62,13 @@ def find_release(directory: str | os.PathLike, gguf_type: str | None = None) -> 
                                          f"(the mmproj), found {len(mmprojs)}")
     if not llms:
         raise CheckpointError(directory, "no GGUF with general.architecture 'qwen2' (the language model)")
-    by_type = {}
+    by_type: dict[str, GGUFFile] = {}
     for f in llms:
-        by_type.setdefault(weight_type(f), f)
+        kind = weight_type(f)
+        if kind in by_type:
+            raise CheckpointError(directory, f"two {kind} language-model GGUFs ({by_type[kind].path.name}, "
+                                             f"{f.path.name}): keep one, or give the file as --model")
+        by_type[kind] = f
     if gguf_type is not None:
         wanted = gguf_type.upper()
         if wanted not in by_type:
@@ -83,9 +87,18 @@ def _meta(f: GGUFFile, key: str, kind: type | tuple[type, ...], default=None):
     value = f.metadata.get(key, default)
     if value is None:
         raise CheckpointError(f.path, f"missing metadata key {key!r}")
-    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in kinds:  # bool is an int
         raise CheckpointError(f.path, f"metadata key {key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _f32(value: int | float) -> float:
+    """A number read from a GGUF float32 field as the shortest decimal with that float32 value:
+    1e-06, not 9.999999974752427e-07 (values that are not exact float32 numbers are left alone)."""
+    value = float(value)
+    single = np.float32(value)
+    return float(str(single)) if float(single) == value else value
 
 
 def _shape(f: GGUFFile, name: str) -> tuple[int, ...]:
@@ -102,7 +115,7 @@ def release_config(llm: GGUFFile, mmproj: GGUFFile, tokenizer: Tokenizer) -> Omn
         image_size=_meta(mmproj, v + "image_size", int), patch_size=_meta(mmproj, v + "patch_size", int),
         hidden_size=hidden_v, intermediate_size=_meta(mmproj, v + "feed_forward_length", int),
         num_layers=_meta(mmproj, v + "block_count", int), num_heads=_meta(mmproj, v + "attention.head_count", int),
-        layer_norm_eps=float(_meta(mmproj, v + "attention.layer_norm_epsilon", (int, float), 1e-6)),
+        layer_norm_eps=_f32(_meta(mmproj, v + "attention.layer_norm_epsilon", (int, float), 1e-6)),
         has_head="v.head.probe" in mmproj.tensors)
     mm0 = _shape(mmproj, "mm.0.weight")  # [hidden, in]
     compression = mmproj.metadata.get("omnivision.projector.compression")
@@ -118,14 +131,14 @@ def release_config(llm: GGUFFile, mmproj: GGUFFile, tokenizer: Tokenizer) -> Omn
         intermediate_size=_meta(llm, t + "feed_forward_length", int),
         num_layers=_meta(llm, t + "block_count", int), num_heads=_meta(llm, t + "attention.head_count", int),
         num_kv_heads=_meta(llm, t + "attention.head_count_kv", int),
-        rope_theta=float(_meta(llm, t + "rope.freq_base", (int, float), 1_000_000.0)),
-        rms_norm_eps=float(_meta(llm, t + "attention.layer_norm_rms_epsilon", (int, float), 1e-6)),
+        rope_theta=_f32(_meta(llm, t + "rope.freq_base", (int, float), 1_000_000.0)),
+        rms_norm_eps=_f32(_meta(llm, t + "attention.layer_norm_rms_epsilon", (int, float), 1e-6)),
         max_position_embeddings=_meta(llm, t + "context_length", int),
         tie_word_embeddings="output.weight" not in llm.tensors)
     processing = ProcessingConfig(
         template=mmproj.metadata.get("omnivision.template", DEFAULT_TEMPLATE),
-        image_mean=tuple(_meta(mmproj, v + "image_mean", list)),
-        image_std=tuple(_meta(mmproj, v + "image_std", list)),
+        image_mean=tuple(_f32(x) for x in _meta(mmproj, v + "image_mean", list)),
+        image_std=tuple(_f32(x) for x in _meta(mmproj, v + "image_std", list)),
         **({"system_prompt": mmproj.metadata["omnivision.system_prompt"]}
            if "omnivision.system_prompt" in mmproj.metadata else {}))
     stops = [tokenizer.im_end_id, tokenizer.endoftext_id]
