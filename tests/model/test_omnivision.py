@@ -63,3 +63,19 @@ def test_config_json_round_trip_and_unknown_fields(tiny_config):
     assert again == tiny_config
     with pytest.raises(ValueError, match="unknown config fields"):
         OmniVisionConfig.from_dict({**tiny_config.to_dict(), "bogus": 1})
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, tiny_config):
+    k = tiny_config.num_image_tokens
+    ids = torch.tensor([[5] + [tiny_config.image_token_id] * k + [7, 8, 9]])
+    pixels = torch.randn(1, 3, 84, 84)
+    tiny_model.train()
+    grads = []
+    for enabled in (False, True):
+        tiny_model.zero_grad()
+        tiny_model.set_gradient_checkpointing(enabled)
+        tiny_model(ids, pixel_values=pixels).square().mean().backward()
+        grads.append([p.grad.clone() for p in tiny_model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -72,6 +72,11 @@ class OmniVisionModel(nn.Module):
         hidden = self.language(embeds, position_ids, key_valid, cache)
         return self.language.logits(hidden)
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute vision and decoder layer activations during backward (used by training)."""
+        self.vision.encoder.gradient_checkpointing = enabled
+        self.language.gradient_checkpointing = enabled
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         t = self.config.text
         return KVCache(t.num_layers, batch, t.num_kv_heads, max_len, t.head_dim, self.dtype, self.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from omnivision.config import TextConfig
 from omnivision.model.kv_cache import KVCache
@@ -136,6 +137,8 @@ class Qwen2ForCausalLM(nn.Module):
         self.model = Qwen2Model(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size,
                                                                        bias=False)
+        self.gradient_checkpointing = False
+        """Recompute each layer's activations in the backward pass (training memory for time)."""
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -155,8 +158,12 @@ class Qwen2ForCausalLM(nn.Module):
         rope = self.model.rotary(position_ids, inputs_embeds.dtype)
         mask = None if key_valid is None else attention_mask(key_valid, t)
         h = inputs_embeds
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, rope, mask, cache, i)
+            if recompute and cache is None:
+                h = checkpoint(layer, h, rope, mask, None, i, use_reentrant=False)
+            else:
+                h = layer(h, rope, mask, cache, i)
         if cache is not None:
             cache.advance(t)
         return self.model.norm(h)
