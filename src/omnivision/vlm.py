@@ -12,12 +12,12 @@ from typing import Iterator, Sequence
 
 import torch
 
-from omnivision.generation.generate import GenerationConfig, generate
+from omnivision.generation.generate import GenerationConfig, generate, generate_batch
 from omnivision.generation.sampling import SamplingConfig
 from omnivision.generation.text_stream import TextStream
 from omnivision.model import OmniVisionModel
 from omnivision.processing.image import ImageProcessor, ImageSource
-from omnivision.processing.prompt import Message, build_inputs
+from omnivision.processing.prompt import Message, build_inputs, strip_assistant_header
 from omnivision.processing.tokenizer import Tokenizer
 
 
@@ -110,3 +110,18 @@ class OmniVision:
     def chat(self, image: ImageSource | None, prompt: str, **kwargs) -> str:
         """The answer text; keyword arguments as `answer`."""
         return self.answer(image, prompt, **kwargs).text
+
+    def answer_batch(self, images: Sequence[ImageSource | None], prompts: Sequence[str], *,
+                     max_new_tokens: int = 256, template: str | None = None) -> list[str]:
+        """Greedy answers to several single-turn questions at once (the same answers as one by one)."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        gen = self._generation_config(max_new_tokens, 0.0, 0, 1.0, 1.0, None)
+        batch = [self.prompt_ids(p, im, (), template)[0] for im, p in zip(images, prompts)]
+        present = [im for im in images if im is not None]
+        embeds = None
+        if present:
+            with torch.inference_mode():
+                embeds = self.model.encode_images(self.image_processor(present).to(self.model.device))
+        out = generate_batch(self.model, batch, embeds, gen)
+        return [strip_assistant_header(self.tokenizer.decode(ids)) for ids in out]

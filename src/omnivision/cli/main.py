@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.cli import chat, convert, info, init, run, verify_release
+from omnivision.cli import chat, convert, data, info, init, run, verify_release
 
 COMMANDS = {
     "run": run,
@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": convert,
     "init": init,
     "verify-release": verify_release,
+    "data": data,
 }
 
 

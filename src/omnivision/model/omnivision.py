@@ -61,10 +61,17 @@ class OmniVisionModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                key_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Full-sequence logits [B, T, vocab] (training and tests; generation uses the parts)."""
+                key_valid: torch.Tensor | None = None, cache: KVCache | None = None,
+                vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence logits [B, T, vocab] (training and tests; generation uses the parts).
+
+        The image enters as pixels [N, C, H, W], as cached vision-tower features [N, P, D_v]
+        (stage-1 training skips the frozen tower), or as projected embeddings [N, K, D].
+        """
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
+        elif vision_features is not None:
+            image_embeds = self.projector(vision_features.to(self.projector[0].weight.dtype))
         embeds = self.embed(input_ids, image_embeds)
         if position_ids is None:
             position_ids = default_positions(input_ids.shape[0], input_ids.shape[1], key_valid,

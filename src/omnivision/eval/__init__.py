@@ -1,0 +1,1 @@
+"""Evaluation: benchmark tasks, scoring and reports."""

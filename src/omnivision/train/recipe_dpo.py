@@ -1,0 +1,112 @@
+"""Stage 3, DPO on minimal-edit preference pairs, against the frozen stage-2 model as reference.
+
+    omnivision train dpo --config dpo.yaml [key=value ...]
+
+The reference is the starting model itself, frozen: its log-probabilities of every chosen and
+rejected answer are computed once before training (the same weights would give the same numbers at
+every step), so training holds one model in memory. Each step runs the policy over the chosen and
+the rejected sequences as one batch and applies the sigmoid DPO loss (`train/losses.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from omnivision.data.formats import read_preferences
+from omnivision.data.images import check_images
+from omnivision.loader import load
+from omnivision.train.collate import Batch, collate_examples
+from omnivision.train.config import TrainConfig
+from omnivision.train.distributed import is_main
+from omnivision.train.encode import EncodedExample, encode_preference
+from omnivision.train.image_batches import ImageLoader
+from omnivision.train.loop import TrainResult, train
+from omnivision.train.losses import dpo_loss, sequence_logps
+from omnivision.train.parts import trainable_parts
+from omnivision.weights.native import save_native
+
+
+@dataclass
+class DPOConfig:
+    model: str
+    """The stage-2 model: the starting policy and the frozen reference."""
+    data: str
+    """Preference pairs JSONL (`image`, `prompt`, `chosen`, `rejected`)."""
+    images: str = "."
+    train: TrainConfig = field(default_factory=TrainConfig)
+    beta: float = 0.1
+    """Strength of the pull towards the reference (higher: stay closer)."""
+    trainable: list[str] = field(default_factory=lambda: ["projector", "language"])
+    skip_bad_images: bool = False
+    cache_images: bool = False
+
+
+@dataclass
+class DPOItem:
+    chosen: EncodedExample
+    rejected: EncodedExample
+    image: str | None
+    ref_chosen: float = 0.0
+    ref_rejected: float = 0.0
+
+
+def collate(loader: ImageLoader, pad_id: int):
+    def fn(items: list[DPOItem]) -> tuple[Batch, torch.Tensor]:
+        pixels = [loader(i.image) for i in items if i.image is not None]
+        both = collate_examples([i.chosen for i in items] + [i.rejected for i in items], pad_id,
+                                (pixels + pixels) or None)
+        ref = torch.tensor([[i.ref_chosen for i in items], [i.ref_rejected for i in items]])  # [2, B]
+        return both, ref
+    return fn
+
+
+class DPOTask:
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+
+    def loss(self, model, batch: tuple[Batch, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        both, ref = batch
+        logits = model(both.input_ids, pixel_values=both.pixel_values, key_valid=both.key_valid)
+        logps = sequence_logps(logits, both.labels)  # [2B]
+        chosen, rejected = logps.chunk(2)
+        out = dpo_loss(chosen, rejected, ref[0].to(logps), ref[1].to(logps), self.beta)
+        return out.loss, {"reward_accuracy": float(out.reward_accuracy), "margin": float(out.margin)}
+
+
+@torch.no_grad()
+def reference_logps(model, items: list[DPOItem], fn, batch: int = 8) -> None:
+    """Fill each item's reference log-probabilities with the (frozen) starting model."""
+    model.eval()
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        both, _ = fn(chunk)
+        logits = model(both.input_ids, pixel_values=both.pixel_values, key_valid=both.key_valid)
+        chosen, rejected = sequence_logps(logits, both.labels).chunk(2)
+        for item, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            item.ref_chosen, item.ref_rejected = c, r
+
+
+def run_dpo(cfg: DPOConfig, resume: bool = False) -> TrainResult:
+    if cfg.beta <= 0:
+        raise ValueError(f"beta must be positive, got {cfg.beta}")
+    vlm = load(cfg.model, dtype="float32")
+    pairs, report = check_images(read_preferences(cfg.data), cfg.images, cfg.skip_bad_images)
+    if report.skipped:
+        print(f"skipped {sum(report.skipped.values())} pairs with bad images: {dict(report.skipped)}")
+    pc, c = vlm.config.processing, vlm.config
+    items = []
+    for p in pairs:
+        chosen, rejected = encode_preference(vlm.tokenizer, p.prompt, p.chosen, p.rejected, p.image is not None,
+                                             pc.template, pc.system_prompt, c.num_image_tokens)
+        items.append(DPOItem(chosen, rejected, p.image))
+    fn = collate(ImageLoader(c, cfg.images, cfg.cache_images), vlm.tokenizer.endoftext_id)
+    reference_logps(vlm.model, items, fn)
+    out = Path(cfg.train.out_dir)
+    result = train(vlm.model, DPOTask(cfg.beta), items, fn, cfg.train, trainable=trainable_parts(cfg.trainable),
+                   resume=resume, on_checkpoint=lambda model, d: save_native(model, vlm.tokenizer, d / "model"))
+    if is_main():
+        save_native(vlm.model, vlm.tokenizer, out / "model")
+    return result

@@ -1,0 +1,218 @@
+"""`omnivision train recipe nano --out DIR`: from nothing to a working small model, on a CPU.
+
+1. Generate training scenes and a held-out set with another seed (`data/generate.py`).
+2. Train a byte-level BPE tokenizer on the generated text, with the chat template's special tokens.
+3. Pretrain the language model on the text alone (`recipe_text.py`).
+4. Pretrain the vision tower with the SigLIP sigmoid loss on image-caption pairs (`recipe_siglip.py`).
+5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`).
+6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`).
+7. Stage 3: the stage-2 model answers, the ground-truth oracle makes minimal corrections, DPO on the
+   kept pairs (`make_pairs.py`, `recipe_dpo.py`).
+
+After stages 1-3 the model is scored on the held-out set (`eval/shapes.py`); `report.json` holds every
+number and `model/` the final native checkpoint. The step counts below fit the 30-minute budget on
+the project's 2-core machine; `scale` multiplies them (a small `scale` is the CI smoke test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from omnivision.config import (OmniVisionConfig, ProjectorConfig, TextConfig, VisionConfig)
+from omnivision.data.formats import read_captions, read_conversations, read_qa, write_jsonl
+from omnivision.data.generate import generate_shapes_dataset
+from omnivision.eval.shapes import absent_object_rate, pope_metrics, qa_accuracy
+from omnivision.loader import load
+from omnivision.model import OmniVisionModel, init_weights
+from omnivision.processing.prompt import Message, render
+from omnivision.processing.tokenizer_training import train_byte_level_bpe
+from omnivision.train.config import TrainConfig
+from omnivision.train.image_batches import ImageLoader
+from omnivision.train.make_pairs import PairSource, make_pairs
+from omnivision.train.recipe_align import CAPTION_PROMPT, AlignConfig, run_align
+from omnivision.train.recipe_dpo import DPOConfig, run_dpo
+from omnivision.train.recipe_sft import SFTConfig, run_sft
+from omnivision.train.recipe_siglip import SiglipPretrainModel, pretrain_siglip
+from omnivision.train.recipe_text import pretrain_text
+from omnivision.train.teachers import OracleTeacher
+from omnivision.vlm import OmniVision
+from omnivision.weights.native import save_native
+
+
+def nano_config(vocab_size: int) -> OmniVisionConfig:
+    """96-pixel images in 8-pixel patches (12x12 = 144 patches, 16 image tokens after concat9)."""
+    return OmniVisionConfig(
+        vision=VisionConfig(image_size=96, patch_size=8, hidden_size=128, intermediate_size=512,
+                            num_layers=4, num_heads=4, has_head=True),
+        projector=ProjectorConfig(compression="concat9", hidden_size=256),
+        text=TextConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_layers=4,
+                        num_heads=6, num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=512),
+        image_token_id=6, stop_token_ids=(2, 0), name="omnivision-nano")
+
+
+@dataclass
+class NanoConfig:
+    out: str = "runs/nano"
+    train_scenes: int = 4000
+    eval_scenes: int = 300
+    seed: int = 1
+    eval_seed: int = 1001
+    vocab_size: int = 768
+    text_steps: int = 300
+    siglip_steps: int = 300
+    align_steps: int = 150
+    sft_steps: int = 1200
+    dpo_steps: int = 100
+    batch_size: int = 32
+    scale: float = 1.0
+    """Multiplies every step count (and divides the scene counts when below 1)."""
+    threads: int = 0
+    """torch threads (0: leave torch's default)."""
+
+
+def _steps(n: int, scale: float) -> int:
+    return max(2, int(round(n * scale)))
+
+
+def _train_cfg(out: Path, steps: int, lr: float, batch: int, seed: int, warmup: int = 20) -> TrainConfig:
+    return TrainConfig(out_dir=str(out), steps=steps, batch_size=batch, lr=lr, warmup_steps=min(warmup, steps // 4),
+                       weight_decay=0.01, log_every=max(1, steps // 20), seed=seed, progress=False,
+                       precision="fp32", distributed="none")
+
+
+def _texts(data: Path, system_prompt: str) -> list[str]:
+    """Chat-formatted text of every training conversation (without its image) and every caption."""
+    texts = []
+    for conv in read_conversations(data / "sft.json"):
+        messages = [Message(role, text) for role, text in conv.turns]
+        texts.append(render(messages, "omnivision", system_prompt))
+    texts += [c.caption for c in read_captions(data / "captions.jsonl")]
+    return texts
+
+
+def evaluate(vlm: OmniVision, data: Path) -> dict:
+    """Held-out scores: QA accuracy by type, POPE per strategy, absent objects in captions."""
+    def answer(images, questions):
+        return vlm.answer_batch([data / i for i in images], questions, max_new_tokens=32)
+
+    meta = json.loads((data / "meta.json").read_text())["vocabulary"]
+    scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
+    shape_scenes = [s for s in scenes if s["kind"] == "shapes"]
+    captions = answer([s["image"] for s in shape_scenes], [CAPTION_PROMPT] * len(shape_scenes))
+    present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shape_scenes]
+    return {"qa": qa_accuracy(answer, read_qa(data / "qa.jsonl")),
+            "pope": pope_metrics(answer, read_qa(data / "pope.jsonl")),
+            "absent_objects": absent_object_rate(captions, present, meta["colors"], meta["shapes"])}
+
+
+def _pair_sources(data: Path, n: int, seed: int) -> list[tuple[PairSource, float]]:
+    """Caption requests and yes/no probes of training scenes, with ground truth and the edit
+    threshold for each kind (a one-word answer's minimal correction rewrites all of it)."""
+    rng = random.Random(seed)
+    captions = read_captions(data / "captions.jsonl")
+    probes = [q for q in read_qa(data / "pope.jsonl")]
+    chosen = rng.sample(captions, min(n, len(captions)))
+    out = [(PairSource(c.image, CAPTION_PROMPT, c.caption), 0.5) for c in chosen]
+    out += [(PairSource(q.image, q.question, q.answer), 1.0) for q in rng.sample(probes, min(n, len(probes)))]
+    return out
+
+
+def run_nano(cfg: NanoConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = cfg.scale
+    timings: dict[str, float] = {}
+    report: dict = {"config": dataclasses.asdict(cfg), "stages": {}, "timings_s": timings}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 1)
+        clock = now
+        print(f"[nano] {name} done in {timings[name]} s", flush=True)
+
+    n_train = max(50, int(cfg.train_scenes * min(1.0, s)))
+    n_eval = max(30, int(cfg.eval_scenes * min(1.0, s)))
+    data, held_out = out / "data", out / "eval-data"
+    generate_shapes_dataset(data, n_train, cfg.seed)
+    generate_shapes_dataset(held_out, n_eval, cfg.eval_seed)
+    lap("data")
+
+    config = nano_config(cfg.vocab_size)
+    tokenizer = train_byte_level_bpe(_texts(data, config.processing.system_prompt), cfg.vocab_size)
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size),
+                                 image_token_id=tokenizer.image_pad_id,
+                                 stop_token_ids=(tokenizer.im_end_id, tokenizer.endoftext_id))
+    torch.manual_seed(cfg.seed)
+    model = OmniVisionModel(config)
+    init_weights(model)
+    lap("tokenizer")
+
+    pretrain_text(model, tokenizer, _texts(data, config.processing.system_prompt),
+                  _train_cfg(out / "runs" / "text", _steps(cfg.text_steps, s), 3e-3, cfg.batch_size, cfg.seed))
+    lap("text pretraining")
+
+    text_side = dataclasses.replace(config.text, hidden_size=128, intermediate_size=256, num_layers=2,
+                                    num_heads=4, num_kv_heads=2)
+    siglip = SiglipPretrainModel(config.vision, text_side)
+    init_weights(siglip)
+    loader = ImageLoader(config, data)
+    pairs = [(c.image, c.caption) for c in read_captions(data / "captions.jsonl")]
+    pretrain_siglip(siglip, tokenizer, pairs, loader,
+                    _train_cfg(out / "runs" / "siglip", _steps(cfg.siglip_steps, s), 2e-3, 64, cfg.seed))
+    model.vision.load_state_dict(siglip.vision.state_dict())
+    save_native(model, tokenizer, out / "stage0")
+    lap("vision pretraining")
+
+    run_align(AlignConfig(model=str(out / "stage0"), data=str(data / "captions.jsonl"), images=str(data),
+                          train=_train_cfg(out / "runs" / "align", _steps(cfg.align_steps, s), 3e-3,
+                                           cfg.batch_size, cfg.seed)))
+    report["stages"]["1-align"] = evaluate(load(out / "runs" / "align" / "model", dtype="float32"), held_out)
+    lap("stage 1")
+
+    run_sft(SFTConfig(model=str(out / "runs" / "align" / "model"), data=str(data / "sft.json"), images=str(data),
+                      train=_train_cfg(out / "runs" / "sft", _steps(cfg.sft_steps, s), 2e-3, cfg.batch_size,
+                                       cfg.seed, warmup=50),
+                      trainable=["vision", "projector", "language"], cache_images=True))
+    stage2 = load(out / "runs" / "sft" / "model", dtype="float32")
+    report["stages"]["2-sft"] = evaluate(stage2, held_out)
+    lap("stage 2")
+
+    sources = _pair_sources(data, max(40, int(600 * min(1.0, s))), cfg.seed)
+    kept, dropped = [], {}
+    for threshold in sorted({t for _, t in sources}):
+        group = [src for src, t in sources if t == threshold]
+        result = make_pairs(group, lambda src: stage2.answer_batch([data / src.image], [src.prompt],
+                                                                   max_new_tokens=48)[0],
+                            OracleTeacher(), max_edit=threshold)
+        kept += result.pairs
+        for reason, count in result.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    write_jsonl(out / "pairs.jsonl", kept)
+    report["pairs"] = {"kept": len(kept), "dropped": dropped}
+    if kept:
+        run_dpo(DPOConfig(model=str(out / "runs" / "sft" / "model"), data=str(out / "pairs.jsonl"),
+                          images=str(data), beta=0.1, cache_images=True,
+                          train=_train_cfg(out / "runs" / "dpo", _steps(cfg.dpo_steps, s), 2e-5,
+                                           min(cfg.batch_size, 16), cfg.seed, warmup=5)))
+        final = out / "runs" / "dpo" / "model"
+    else:
+        final = out / "runs" / "sft" / "model"
+    report["stages"]["3-dpo"] = evaluate(load(final, dtype="float32"), held_out)
+    lap("stage 3")
+
+    final_vlm = load(final, dtype="float32")
+    save_native(final_vlm.model, final_vlm.tokenizer, out / "model", extra={"recipe": "nano"})
+    report["total_s"] = round(sum(timings.values()), 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,95 @@
+"""Stage 2, supervised fine-tuning on image question-answering conversations.
+
+    omnivision train sft --config sft.yaml [key=value ...]
+
+Setup -> train -> save, top to bottom. Loss on the assistant tokens only, the closing `<|im_end|>`
+included (`train/encode.py`), with the model's own chat template. Which parts learn is configurable
+(`trainable`: projector, language, vision); the vision tower stays frozen unless named. The final
+model is written as a native checkpoint to `<train.out_dir>/model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from omnivision.data.formats import read_conversations
+from omnivision.data.images import check_images
+from omnivision.loader import load
+from omnivision.train.collate import Batch, collate_examples
+from omnivision.train.config import TrainConfig
+from omnivision.train.distributed import is_main
+from omnivision.train.encode import EncodedExample, encode_conversation, truncate
+from omnivision.train.image_batches import ImageLoader
+from omnivision.train.loop import TrainResult, train
+from omnivision.train.losses import lm_loss
+from omnivision.train.parts import trainable_parts
+from omnivision.weights.native import save_native
+
+
+@dataclass
+class SFTConfig:
+    model: str
+    """Starting model: any source `omnivision.load` accepts."""
+    data: str
+    """Conversations, LLaVA JSON or JSONL."""
+    images: str = "."
+    """Folder the conversations' image paths are relative to."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainable: list[str] = field(default_factory=lambda: ["projector", "language"])
+    """Components that learn: any of projector, language, vision."""
+    max_len: int = 512
+    """Longer conversations are cut from the right (never inside the image block)."""
+    skip_bad_images: bool = False
+    """Drop and count records whose image is missing or undecodable instead of stopping."""
+    cache_images: bool = False
+    """Keep preprocessed images in memory (small data sets)."""
+
+
+@dataclass
+class SFTItem:
+    example: EncodedExample
+    image: str | None
+
+
+class LMTask:
+    """Mean next-token loss over the labelled tokens of a batch of conversations."""
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(batch.input_ids, pixel_values=batch.pixel_values, key_valid=batch.key_valid)
+        return lm_loss(logits, batch.labels), {"label_tokens": float(batch.num_label_tokens)}
+
+
+def encode_items(vlm, conversations, max_len: int) -> list[SFTItem]:
+    cfg = vlm.config
+    items = []
+    for c in conversations:
+        ex = encode_conversation(vlm.tokenizer, c.turns, c.image is not None, cfg.processing.template,
+                                 cfg.processing.system_prompt, cfg.num_image_tokens)
+        items.append(SFTItem(truncate(ex, max_len) if len(ex) > max_len else ex, c.image))
+    return items
+
+
+def image_collate(loader: ImageLoader, pad_id: int):
+    def collate(items: list[SFTItem]) -> Batch:
+        pixels = [loader(i.image) for i in items if i.image is not None]
+        return collate_examples([i.example for i in items], pad_id, pixels or None)
+    return collate
+
+
+def run_sft(cfg: SFTConfig, resume: bool = False) -> TrainResult:
+    vlm = load(cfg.model, dtype="float32")
+    conversations, report = check_images(read_conversations(cfg.data), cfg.images, cfg.skip_bad_images)
+    if report.skipped:
+        print(f"skipped {sum(report.skipped.values())} records with bad images: {dict(report.skipped)}")
+    items = encode_items(vlm, conversations, cfg.max_len)
+    loader = ImageLoader(vlm.config, cfg.images, cfg.cache_images)
+    out = Path(cfg.train.out_dir)
+    result = train(vlm.model, LMTask(), items, image_collate(loader, vlm.tokenizer.endoftext_id), cfg.train,
+                   trainable=trainable_parts(cfg.trainable), resume=resume,
+                   on_checkpoint=lambda model, d: save_native(model, vlm.tokenizer, d / "model"))
+    if is_main():
+        save_native(vlm.model, vlm.tokenizer, out / "model")
+    return result

@@ -1,0 +1,117 @@
+"""Teachers for minimal-edit DPO: given a prompt and the model's answer, return the smallest
+correction that makes the answer right (or the answer unchanged when it is already right).
+
+- `EndpointTeacher`: any OpenAI-compatible chat-completions endpoint, with the minimal-edit
+  instruction below, a timeout, bounded retries with backoff, and a thread pool for concurrency.
+  The API key is read from an environment variable, never from a file or the command line.
+- `OracleTeacher`: knows the ground-truth answer (procedural data) and returns it when the model's
+  answer differs, which is the minimal edit for short answers.
+
+A teacher returns `None` for an item it could not correct (after its retries); such items are
+dropped and counted by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+MINIMAL_EDIT_INSTRUCTION = (
+    "You correct answers about images with the smallest possible edit.\n"
+    "You get a question and an answer written by a small model. If the answer is correct, repeat it "
+    "exactly. If it is wrong, change only the words that make it wrong and keep everything else "
+    "(wording, length, style, punctuation) as it is. Do not add explanations, do not add new "
+    "information that the question does not ask for, and do not rephrase correct parts.\n"
+    "Reply with the corrected answer only."
+)
+"""The instruction sent as the system message to an endpoint teacher."""
+
+
+@dataclass
+class TeacherItem:
+    prompt: str
+    answer: str
+    image_url: str | None = None
+    """A data URL (or http URL) of the image, for a multimodal teacher; None sends text only."""
+    reference: str | None = None
+    """Ground truth, when known (the oracle uses it; an endpoint gets it as a hint if given)."""
+
+
+class Teacher(Protocol):
+    def correct(self, items: Sequence[TeacherItem]) -> list[str | None]: ...
+
+
+def normalise_answer(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+class OracleTeacher:
+    """The ground truth is the minimal correction of a short answer."""
+
+    def correct(self, items: Sequence[TeacherItem]) -> list[str | None]:
+        out: list[str | None] = []
+        for item in items:
+            if item.reference is None:
+                out.append(None)
+            elif normalise_answer(item.answer) == normalise_answer(item.reference):
+                out.append(item.answer)
+            else:
+                out.append(item.reference)
+        return out
+
+
+class EndpointTeacher:
+    def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
+                 retries: int = 3, concurrency: int = 4, backoff: float = 1.0) -> None:
+        if retries < 0 or concurrency < 1 or timeout <= 0:
+            raise ValueError("retries must be >= 0, concurrency >= 1 and timeout > 0")
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
+                                      else "/chat/completions")
+        self.model, self.timeout, self.retries = model, timeout, retries
+        self.concurrency, self.backoff = concurrency, backoff
+        self.api_key = os.environ.get(api_key_env)
+
+    def _request(self, item: TeacherItem) -> dict:
+        user: list[dict] = [{"type": "text", "text": f"Question: {item.prompt}\nAnswer: {item.answer}"
+                             + (f"\nReference answer: {item.reference}" if item.reference else "")}]
+        if item.image_url:
+            user.insert(0, {"type": "image_url", "image_url": {"url": item.image_url}})
+        return {"model": self.model, "temperature": 0,
+                "messages": [{"role": "system", "content": MINIMAL_EDIT_INSTRUCTION},
+                             {"role": "user", "content": user}]}
+
+    def _post(self, body: dict) -> str:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            reply = json.loads(response.read())
+        content = reply["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise ValueError("the reply has no text content")
+        return content.strip()
+
+    def _correct_one(self, item: TeacherItem) -> str | None:
+        body = self._request(item)
+        for attempt in range(self.retries + 1):
+            try:
+                return self._post(body)
+            except urllib.error.HTTPError as e:
+                if e.code not in (408, 409, 429) and e.code < 500:
+                    return None  # a client error will not go away by retrying
+            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError):
+                pass
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2 ** attempt)
+        return None
+
+    def correct(self, items: Sequence[TeacherItem]) -> list[str | None]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._correct_one, items))

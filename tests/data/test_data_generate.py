@@ -1,0 +1,112 @@
+"""The whole procedural dataset: deterministic bytes, readable by the readers, true to its scenes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omnivision.data.charts import ChartScene
+from omnivision.data.formats import read_captions, read_conversations, read_qa
+from omnivision.data.generate import FILES, generate_shapes_dataset
+from omnivision.data.images import check_images
+from omnivision.data.questions import CAPTION_PROMPT, answer_question, caption
+from omnivision.data.scenes import read_scenes
+from omnivision.data.shapes import BACKGROUND, POSITIONS, ShapeScene
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("shapes")
+    return root, generate_shapes_dataset(root, 40, seed=7, image_size=64, chart_fraction=0.25)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(dataset, tmp_path):
+    root, _ = dataset
+    generate_shapes_dataset(tmp_path / "again", 40, seed=7, image_size=64, chart_fraction=0.25)
+    generate_shapes_dataset(tmp_path / "other", 40, seed=8, image_size=64, chart_fraction=0.25)
+    digest = _digest(root)
+    assert len(digest) == 40 + len(FILES)
+    assert _digest(tmp_path / "again") == digest
+    other = _digest(tmp_path / "other")
+    assert other.keys() == digest.keys() and other["scenes.jsonl"] != digest["scenes.jsonl"]
+
+
+def test_files_read_back_and_images_check(dataset):
+    root, meta = dataset
+    scenes = read_scenes(root / "scenes.jsonl")
+    sft = read_conversations(root / "sft.json")
+    qa = read_qa(root / "qa.jsonl")
+    pope = read_qa(root / "pope.jsonl")
+    captions = read_captions(root / "captions.jsonl")
+    for records in (scenes, sft, qa, pope, captions):
+        kept, report = check_images(records, root)
+        assert len(kept) == len(records) and report.dropped == 0
+    charts = [s for s in scenes if isinstance(s.scene, ChartScene)]
+    assert len(charts) == 10 and len(scenes) == 40
+    counts = meta["counts"]
+    assert counts["chart_scenes"] == 10 and counts["sft_conversations"] == len(sft) == 40
+    assert sum(counts["qa"].values()) == len(qa)
+    assert sum(v["yes"] + v["no"] for v in counts["pope"].values()) == len(pope)
+    assert json.loads((root / "meta.json").read_text()) == meta
+    assert meta["seed"] == 7 and "red circle" in meta["vocabulary"]["objects"]
+    for r in scenes:
+        assert Image.open(root / r.image).size == (64, 64)
+
+
+def test_every_answer_matches_its_scene(dataset):
+    root, _ = dataset
+    truth = {r.image: r.scene for r in read_scenes(root / "scenes.jsonl")}
+    n_questions, probe_answers, starts = set(), set(), set()
+    for c in read_conversations(root / "sft.json"):
+        scene = truth[c.image]
+        n_questions.add(len(c.turns) // 2 - 1)
+        assert c.turns[-2:] == [("user", CAPTION_PROMPT), ("assistant", caption(scene))]
+        for (_, question), (_, answer) in zip(c.turns[::2], c.turns[1::2]):
+            assert answer_question(scene, question) == answer
+            starts.add(" ".join(question.split()[:2]))
+            if question.startswith("Is there"):
+                probe_answers.add(answer)
+    assert n_questions == {1, 2, 3} and probe_answers == {"yes", "no"}
+    assert {"What color", "What shape", "How many", "Where is", "Which bar", "What is"} < starts
+    qa = read_qa(root / "qa.jsonl")
+    for item in qa + read_qa(root / "pope.jsonl"):
+        assert answer_question(truth[item.image], item.question) == item.answer
+    assert {i.qtype for i in qa} == {"color", "shape", "count", "position", "chart"}
+    assert len({i.id for i in qa}) == len(qa)
+    pope_images = {i.image for i in read_qa(root / "pope.jsonl")}
+    assert pope_images == {img for img, s in truth.items() if isinstance(s, ShapeScene)}
+    for cp in read_captions(root / "captions.jsonl"):
+        assert cp.caption == caption(truth[cp.image])
+
+
+def test_count_answers_match_the_rendered_image(dataset):
+    """Independent of the scene record: occupied grid cells in the PNG equal the object count."""
+    root, _ = dataset
+    for item in read_qa(root / "qa.jsonl"):
+        if item.qtype != "count" or item.extra["target"] != "object":
+            continue
+        pixels = np.asarray(Image.open(root / item.image).convert("RGB"))
+        occupied = 0
+        for n in range(len(POSITIONS)):
+            row, col = divmod(n, 3)
+            cell = pixels[row * 64 // 3:(row + 1) * 64 // 3, col * 64 // 3:(col + 1) * 64 // 3]
+            occupied += bool((cell != BACKGROUND).any())
+        assert str(occupied) == item.answer
+
+
+@pytest.mark.parametrize("kwargs,words", [({"n": 0}, "n must be"), ({"image_size": 16}, "image size"),
+                                          ({"chart_fraction": 1.5}, "chart fraction")])
+def test_bad_arguments(tmp_path, kwargs, words):
+    args = {"n": 3, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        generate_shapes_dataset(tmp_path, **args)

@@ -1,0 +1,166 @@
+"""The shared loop on the toy task and on the tiny OmniVision model: learning, freezing, weight decay,
+accumulation, clipping, bf16, gradient checkpointing, the data order and the guard rails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from omnivision.train.config import TrainConfig
+from omnivision.train.loop import DataOrder, to_device, train
+
+
+def _run(toy, tmp_path, name, **overrides):
+    model = toy.make_model()
+    cfg = TrainConfig(out_dir=str(tmp_path / name), **overrides)
+    result = train(model, toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg,
+                   trainable=toy.not_embed)
+    return model, result
+
+
+def test_loss_falls_and_frozen_parameters_stay_bit_identical(toy, tmp_path, fp32_cfg):
+    before = {k: v.clone() for k, v in toy.make_model().state_dict().items()}
+    model, result = _run(toy, tmp_path, "run", steps=40, batch_size=8, lr=3e-2, log_every=5, **fp32_cfg)
+    records = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(5, 41, 5))
+    assert set(records[0]) == {"step", "loss", "lr", "grad_norm", "samples_per_s", "mae"}
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]
+    assert result.final_loss == records[-1]["loss"] and result.steps == 40
+    assert result.checkpoint_dir.name == "step_00000040"
+    assert torch.equal(model.embed.weight, before["embed.weight"])
+    assert torch.equal(model.embed.bias, before["embed.bias"])
+    assert not model.embed.weight.requires_grad and model.head.weight.requires_grad
+    assert not torch.equal(model.head.weight, before["head.weight"])
+
+
+def test_weight_decay_only_on_matrices(toy, tmp_path, fp32_cfg):
+    """With a zero loss gradient AdamW's update is 0, so only decoupled decay moves a parameter:
+    matrices shrink by prod_t(1 - lr_t * wd), vectors (biases) do not move at all."""
+    class ZeroGrad:
+        def loss(self, model, batch):
+            return 0.0 * model(batch["x"]).sum(), {}
+
+    model = toy.make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(out_dir=str(tmp_path / "wd"), steps=5, lr=0.1, weight_decay=0.5,
+                      min_lr_ratio=1.0, **fp32_cfg)
+    train(model, ZeroGrad(), toy.make_dataset(), toy.collate, cfg, trainable=toy.not_embed)
+    assert torch.equal(model.head.bias, before["head.bias"])
+    torch.testing.assert_close(model.head.weight, before["head.weight"] * (1 - 0.1 * 0.5) ** 5)
+    assert torch.equal(model.embed.weight, before["embed.weight"])  # frozen: no decay either
+
+
+def test_grad_accumulation_matches_the_large_batch(toy, tmp_path, fp32_cfg):
+    common = dict(steps=8, lr=1e-2, weight_decay=0.1, warmup_steps=2, **fp32_cfg)
+    big, _ = _run(toy, tmp_path, "big", batch_size=8, grad_accum=1, **common)
+    acc, _ = _run(toy, tmp_path, "acc", batch_size=4, grad_accum=2, **common)
+    for (name, a), b in zip(big.state_dict().items(), acc.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_clipping_bounds_the_global_gradient_norm(toy, tmp_path, fp32_cfg):
+    norms = []
+
+    def hook(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        _, result = _run(toy, tmp_path, "clip", steps=4, max_grad_norm=0.05, log_every=1, **fp32_cfg)
+        clipped = norms[:]
+        norms.clear()
+        _, unclipped_result = _run(toy, tmp_path, "free", steps=4, max_grad_norm=0.0, log_every=1,
+                                   **fp32_cfg)
+    finally:
+        handle.remove()
+    logged = [json.loads(line)["grad_norm"] for line in result.metrics_path.read_text().splitlines()]
+    assert all(n > 0.05 for n in logged)            # the logged norm is the one before clipping
+    assert max(clipped) == pytest.approx(0.05, rel=1e-4)
+    assert norms[0] == pytest.approx(logged[0], rel=1e-5)  # off: the optimizer sees the raw gradient
+
+
+def test_bf16_autocast_and_gradient_checkpointing_switch(toy, tmp_path):
+    model = toy.make_model()
+    cfg = TrainConfig(out_dir=str(tmp_path / "bf16"), steps=3, precision="bf16", device="cpu",
+                      grad_checkpointing=True, progress=False)
+    result = train(model, toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg)
+    assert model.checkpointing is True
+    assert torch.isfinite(torch.tensor(result.final_loss))
+    assert model.head.weight.dtype == torch.float32  # autocast, not a cast of the weights
+
+
+def test_data_order_is_a_pure_function_of_the_step_and_splits_by_rank():
+    order = DataOrder(10, seed=3)
+    single = [order.indices(s, m, 0, 4, 2, 1) for s in range(5) for m in range(2)]
+    split = [order.indices(s, m, 0, 2, 2, 2) + order.indices(s, m, 1, 2, 2, 2)
+             for s in range(5) for m in range(2)]
+    assert single == split
+    stream = [i for batch in single for i in batch]  # 40 positions = 4 epochs of 10
+    for e in range(4):
+        expected = torch.randperm(10, generator=torch.Generator().manual_seed(3 + e)).tolist()
+        assert stream[10 * e: 10 * (e + 1)] == expected
+    assert DataOrder(10, seed=3).indices(3, 1, 0, 4, 2, 1) == single[7]
+
+
+def test_to_device_walks_containers():
+    from dataclasses import dataclass
+
+    @dataclass
+    class B:
+        x: torch.Tensor
+        n: int
+
+    out = to_device({"a": [torch.ones(1), (torch.zeros(1), "s")], "b": B(torch.ones(2), 3)},
+                    torch.device("cpu"))
+    assert isinstance(out["b"], B) and out["b"].n == 3 and out["a"][1][1] == "s"
+
+
+def test_guard_rails(toy, tmp_path, fp32_cfg):
+    class Vector:
+        def loss(self, model, batch):
+            return (model(batch["x"]) - batch["y"]) ** 2, {}
+
+    cfg = TrainConfig(out_dir=str(tmp_path / "g"), steps=2, **fp32_cfg)
+    with pytest.raises(ValueError, match="scalar"):
+        train(toy.make_model(), Vector(), toy.make_dataset(), toy.collate, cfg)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(toy.make_model(), toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg,
+              trainable=lambda m: [])
+    train(toy.make_model(), toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(toy.make_model(), toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg)
+
+
+def test_tiny_omnivision_projector_and_language_learn_vision_frozen(tiny_model, tmp_path):
+    """Image + caption tokens on the tiny preset: next-token loss falls; the vision tower is frozen."""
+    model = tiny_model.train()
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.cat([torch.full((c.num_image_tokens,), c.image_token_id),
+                        torch.randint(0, 200, (12,), generator=g)]),
+             torch.randn(3, c.vision.image_size, c.vision.image_size, generator=g)) for _ in range(4)]
+
+    def collate(items):
+        return torch.stack([i for i, _ in items]), torch.stack([p for _, p in items])
+
+    class Caption:
+        def loss(self, m, batch):
+            ids, pixels = batch
+            logits = m(ids, pixel_values=pixels)  # [B, T, V]
+            return F.cross_entropy(logits[:, c.num_image_tokens:-1].flatten(0, 1),
+                                   ids[:, c.num_image_tokens + 1:].flatten()), {}
+
+    vision = {k: v.clone() for k, v in model.vision.state_dict().items()}
+    cfg = TrainConfig(out_dir=str(tmp_path / "tiny"), steps=15, batch_size=4, lr=3e-3, log_every=1,
+                      precision="fp32", device="cpu", progress=False)
+    result = train(model, Caption(), data, collate, cfg,
+                   trainable=lambda m: [*m.projector.named_parameters(), *m.language.named_parameters()])
+    losses = [json.loads(line)["loss"] for line in result.metrics_path.read_text().splitlines()]
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(torch.equal(v, vision[k]) for k, v in model.vision.state_dict().items())
+    assert (result.metrics_path.parent / "curves.png").is_file()

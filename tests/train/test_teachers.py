@@ -1,0 +1,117 @@
+"""Teachers: the oracle's rule, and the endpoint teacher against a local OpenAI-style server
+(request shape, key from the environment, retries on 5xx, no retry on 4xx, timeouts, concurrency)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from omnivision.train.teachers import (MINIMAL_EDIT_INSTRUCTION, EndpointTeacher, OracleTeacher,
+                                       TeacherItem)
+
+
+def test_oracle_keeps_right_answers_and_corrects_wrong_ones():
+    items = [TeacherItem("q", "Red.", reference="red"), TeacherItem("q", "blue", reference="red"),
+             TeacherItem("q", "x")]
+    assert OracleTeacher().correct(items) == ["Red.", "red", None]
+
+
+class _Server:
+    """A chat-completions endpoint whose behaviour per request is scripted by the test."""
+
+    def __init__(self, script):
+        self.script, self.requests, self.lock = script, [], threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append((self.path, dict(self.headers), body))
+                    n = len(outer.requests)
+                status, delay, text = outer.script(n, body)
+                time.sleep(delay)
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(payload.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def make(script):
+        servers.append(_Server(script))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_request_shape_and_key(server, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", "sk-test")
+    srv = server(lambda n, body: (200, 0, " corrected "))
+    teacher = EndpointTeacher(srv.url, "judge-1", api_key_env="TEACHER_KEY")
+    out = teacher.correct([TeacherItem("What color?", "blue", image_url="data:image/png;base64,AA==")])
+    assert out == ["corrected"]
+    path, headers, body = srv.requests[0]
+    assert path == "/v1/chat/completions"
+    assert headers["Authorization"] == "Bearer sk-test"
+    assert body["model"] == "judge-1" and body["temperature"] == 0
+    assert body["messages"][0] == {"role": "system", "content": MINIMAL_EDIT_INSTRUCTION}
+    parts = body["messages"][1]["content"]
+    assert parts[0]["image_url"]["url"].startswith("data:image/png")
+    assert "What color?" in parts[1]["text"] and "blue" in parts[1]["text"]
+
+
+def test_retries_server_errors_then_succeeds(server):
+    srv = server(lambda n, body: (503, 0, "") if n < 3 else (200, 0, "ok"))
+    teacher = EndpointTeacher(srv.url, "m", retries=3, backoff=0.01)
+    assert teacher.correct([TeacherItem("q", "a")]) == ["ok"]
+    assert len(srv.requests) == 3
+
+
+def test_gives_up_after_bounded_retries(server):
+    srv = server(lambda n, body: (500, 0, ""))
+    teacher = EndpointTeacher(srv.url, "m", retries=2, backoff=0.01)
+    assert teacher.correct([TeacherItem("q", "a")]) == [None]
+    assert len(srv.requests) == 3
+
+
+def test_client_errors_are_not_retried(server):
+    srv = server(lambda n, body: (400, 0, ""))
+    teacher = EndpointTeacher(srv.url, "m", retries=3, backoff=0.01)
+    assert teacher.correct([TeacherItem("q", "a")]) == [None]
+    assert len(srv.requests) == 1
+
+
+def test_timeout_counts_as_a_failed_try(server):
+    srv = server(lambda n, body: (200, 0.5 if n == 1 else 0, "late" if n == 1 else "fast"))
+    teacher = EndpointTeacher(srv.url, "m", timeout=0.2, retries=1, backoff=0.01)
+    assert teacher.correct([TeacherItem("q", "a")]) == ["fast"]
+
+
+def test_concurrency_overlaps_requests(server):
+    srv = server(lambda n, body: (200, 0.3, body["messages"][1]["content"][0]["text"][-1]))
+    teacher = EndpointTeacher(srv.url, "m", concurrency=4)
+    start = time.perf_counter()
+    out = teacher.correct([TeacherItem("q", str(i)) for i in range(4)])
+    assert out == ["0", "1", "2", "3"]  # order kept
+    assert time.perf_counter() - start < 1.0  # 4 x 0.3 s in sequence would take 1.2 s
