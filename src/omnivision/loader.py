@@ -28,6 +28,9 @@ from omnivision.weights.release_read import ReleaseFiles, find_release, load_rel
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+BUNDLED = Path(__file__).resolve().parent / "assets" / "nano"
+"""The bundled nano model (trained by `omnivision train recipe nano`), used when no model is named."""
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RELEASE_FILES = "the language-model GGUF (e.g. Nano-Vlm-Processor-494M-F16.gguf) and the mmproj GGUF " \
                 "(mmproj-omni-vlm-f16.gguf)"

@@ -3,8 +3,10 @@
 The toy script runs with batch_size=4 per process on 2 processes, against an in-process run with
 batch_size=8: the data mapping gives both the same micro-batches (train/loop.py), the per-sample
 mean loss makes DDP's gradient average equal to the single large-batch gradient, so the final
-weights agree to float rounding. Gradient accumulation (DDP `no_sync` / FSDP gradient-sync off) and
-a checkpoint mid-run are on the path. FSDP2 runs on CPU with gloo too, so it is checked the same way.
+weights agree to float rounding. Gradient accumulation (DDP `no_sync` / FSDP gradient-sync off) is on
+the path, and so is resumption: the first launch dies inside the step-6 checkpoint write (rank 0
+exits; torchrun stops rank 1), the second resumes from step 3 (states broadcast from rank 0). FSDP2
+runs on CPU with gloo too, so it is checked the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from omnivision.train.checkpoint import CRASH_ENV, latest_checkpoint
 from omnivision.train.config import TrainConfig
 from omnivision.train.loop import train
 
@@ -40,9 +43,18 @@ def test_two_processes_match_one(toy, tmp_path, single, how):
     args = {"cfg": {**CFG, "batch_size": 4, "distributed": how, "out_dir": str(out)},
             "weights_out": str(tmp_path / "final.safetensors")}
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", toy.__file__, json.dumps(args)],
-                          env=env, capture_output=True, text=True, timeout=180)
+
+    def torchrun(resume, extra_env):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   "2", toy.__file__, json.dumps({**args, "resume": resume})]
+        return subprocess.run(command, env={**env, **extra_env}, capture_output=True, text=True,
+                              timeout=180)
+
+    crashed = torchrun(False, {CRASH_ENV: "6"})
+    assert crashed.returncode != 0
+    latest = latest_checkpoint(out / "checkpoints")
+    assert latest is not None and latest.name == "step_00000003", crashed.stderr[-3000:]
+    proc = torchrun(True, {})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     weights = load_file(str(tmp_path / "final.safetensors"))

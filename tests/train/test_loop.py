@@ -164,3 +164,31 @@ def test_tiny_omnivision_projector_and_language_learn_vision_frozen(tiny_model, 
     assert losses[-1] < 0.7 * losses[0]
     assert all(torch.equal(v, vision[k]) for k, v in model.vision.state_dict().items())
     assert (result.metrics_path.parent / "curves.png").is_file()
+
+
+def test_gradient_checkpointing_on_the_tiny_model_changes_nothing(tiny_config, tmp_path):
+    """Recomputing activations in the backward pass gives the same update as keeping them."""
+    from omnivision.model import OmniVisionModel, init_weights
+
+    c = tiny_config
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 200, (10,), generator=g) for _ in range(4)]
+
+    class Text:
+        def loss(self, m, ids):
+            logits = m(ids)  # [B, T, V]
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()), {}
+
+    models = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = OmniVisionModel(c)
+        init_weights(model, std=0.1)
+        cfg = TrainConfig(out_dir=str(tmp_path / str(on)), steps=3, batch_size=2, lr=1e-2,
+                          grad_checkpointing=on, precision="fp32", device="cpu", progress=False)
+        train(model, Text(), data, torch.stack, cfg,
+              trainable=lambda m: list(m.language.named_parameters()))
+        models.append(model)
+    assert models[1].language.gradient_checkpointing and not models[0].language.gradient_checkpointing
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)

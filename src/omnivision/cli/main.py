@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.cli import chat, convert, data, info, init, run, verify_release
+from omnivision.cli import chat, convert, data, info, init, run, train, verify_release
 
 COMMANDS = {
     "run": run,
@@ -20,6 +20,7 @@ COMMANDS = {
     "init": init,
     "verify-release": verify_release,
     "data": data,
+    "train": train,
 }
 
 

@@ -1,7 +1,7 @@
 """Command-line options shared by the commands that load a model, and the default model.
 
-With no `--model`, the commands use a random-weight tiny model built in memory (the project does
-not ship a trained model yet) and say so on stderr.
+With no `--model`, the commands use the bundled nano model (`omnivision/assets/nano`); a checkout
+without it falls back to a random-weight tiny model built in memory and says so on stderr.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.loader import load
+from omnivision.loader import BUNDLED, load
+from omnivision.weights.native import is_native
 from omnivision.vlm import OmniVision
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="native checkpoint dir, GGUF dir, language-model .gguf, or hub repo id "
-                                   "(default: a random-weight tiny model)")
+                                   "(default: the bundled nano model)")
     p.add_argument("--mmproj", help="the mmproj .gguf, when --model is a language-model .gguf file")
     p.add_argument("--gguf-type", help="which language-model GGUF to use when several are present "
                                        "(e.g. F16, Q8_0; default: the highest precision)")
@@ -42,6 +43,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 
 
 def load_model(args: argparse.Namespace) -> OmniVision:
+    if args.model is None and is_native(BUNDLED):
+        return load(BUNDLED, dtype=args.dtype)
     if args.model is None:
         from omnivision.processing.byte_tokenizer import byte_level_tokenizer
         from omnivision.weights.random_init import random_model

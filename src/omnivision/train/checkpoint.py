@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 
 from omnivision.train.distributed import barrier, broadcast_object, is_main, unwrap
 from omnivision.weights.errors import CheckpointError
@@ -98,8 +99,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     distributed = dist.is_available() and dist.is_initialized()
     options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False,
                                broadcast_from_rank0=distributed)
-    set_state_dict(unwrap(model), optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=options)
+    # Separately, not with set_state_dict: that one skips the model on ranks whose dict is empty,
+    # which with broadcast_from_rank0 is every rank but 0 (torch 2.13).
+    set_optimizer_state_dict(unwrap(model), optimizer, optim_sd, options=options)
+    set_model_state_dict(unwrap(model), model_sd, options=options)
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     _set_rng(meta["rng"])

@@ -85,14 +85,17 @@ def wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
     if how == "ddp":
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     layers = getattr(getattr(getattr(model, "language", None), "model", None), "layers", None)
     if layers is None:
         raise ValueError("distributed='fsdp' shards model.language.model.layers, which this model lacks")
+    # An explicit mesh: FSDP2's default one is on CUDA whenever CUDA exists, even for a CPU run.
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -137,6 +140,11 @@ def broadcast_object(obj: object) -> object:
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op in a single process)."""
+    """Leave the process group (no-op in a single process).
+
+    Waits for every process first: a gloo peer that tears down while another is still finishing
+    can abort the latter at exit ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

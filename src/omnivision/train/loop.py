@@ -115,6 +115,11 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
     others are frozen. `on_checkpoint(model, dir)` runs on rank 0 after each checkpoint (including
     the final one) with the unwrapped model, e.g. to save a native model next to it; under FSDP the
     model's parameters are then sharded DTensors.
+
+    Without `resume`, an `out_dir` that already holds checkpoints is refused (FileExistsError). A
+    resumed run must have the same schedule, optimizer settings, seed and global micro-batch as the
+    checkpoint (its `extra.trajectory`), else ValueError names what changed. The frozen parameters
+    are not in the checkpoint: build the model the same way as the first time.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
@@ -164,7 +169,8 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
             loaded = load_checkpoint(latest, wrapped, optimizer, scheduler)
             _check_same_run(loaded.extra, extra, latest)
             start, final_dir = loaded.step, latest
-            log.info("resuming from %s (step %d of %d)", latest, start, cfg.steps)
+            if info.is_main:
+                log.info("resuming from %s (step %d of %d)", latest, start, cfg.steps)
         elif info.is_main:
             log.info("no checkpoint in %s: starting from step 0", ckpt_root)
     elif broadcast_object(bool(complete_checkpoints(ckpt_root)) if info.is_main else None):
