@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
 from omnivision.loader import DTYPES, load
 from omnivision.weights.hf_components import from_hf_components
