@@ -148,3 +148,15 @@ def test_bad_settings_raise_value_error_before_generation(vlm):
         vlm.answer(IMAGE, PROMPT, max_new_tokens=-1)
     with pytest.raises(ValueError, match="could not decode image"):
         vlm.answer(b"not an image", PROMPT)
+
+
+def test_answer_batch_equals_one_by_one(vlm):
+    other = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(other, format="PNG")
+    images = [IMAGE, None, other.getvalue()]
+    prompts = [PROMPT, "Say something.", "What colour dominates this picture?"]
+    batch = vlm.answer_batch(images, prompts, max_new_tokens=6)
+    single = [vlm.answer(im, p, max_new_tokens=6).text for im, p in zip(images, prompts)]
+    assert batch == single
+    with pytest.raises(ValueError, match="2 images for 1 prompts"):
+        vlm.answer_batch([IMAGE, IMAGE], [PROMPT])
