@@ -289,9 +289,10 @@ def test_chat_reset_forgets_the_conversation(built, capsys, monkeypatch):
     assert histories == [0, 1, 0]
 
 
-def test_default_model_notes_random_weights_and_answers(capsys):
+def test_without_a_bundled_model_a_random_tiny_one_answers_with_a_note(capsys, monkeypatch, tmp_path):
     from omnivision.weights.random_init import random_model
 
+    monkeypatch.setattr("omnivision.cli.model_args.BUNDLED", tmp_path / "no-bundle")
     out, err = run_main(capsys, ["run", "--dtype", "float32", "--max-new-tokens", "6", "What is this?"])
     assert err.startswith("note: no --model given") and "random-weight tiny model" in err
     assert len(err.splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,9 @@ from PIL import Image
 
 from omnivision.data.charts import ChartScene
 from omnivision.data.formats import read_captions, read_conversations, read_qa
-from omnivision.data.generate import FILES, generate_shapes_dataset
+from omnivision.data.generate import FILES, MAX_TURNS, TRAINING_PROBES, generate_shapes_dataset
 from omnivision.data.images import check_images
-from omnivision.data.questions import CAPTION_PROMPT, answer_question, caption
+from omnivision.data.questions import CAPTION_PROMPT, answer_question, caption, questions_for
 from omnivision.data.scenes import read_scenes
 from omnivision.data.shapes import BACKGROUND, POSITIONS, ShapeScene
 
@@ -54,7 +55,8 @@ def test_files_read_back_and_images_check(dataset):
     charts = [s for s in scenes if isinstance(s.scene, ChartScene)]
     assert len(charts) == 10 and len(scenes) == 40
     counts = meta["counts"]
-    assert counts["chart_scenes"] == 10 and counts["sft_conversations"] == len(sft) == 40
+    assert counts["chart_scenes"] == 10 and counts["sft_conversations"] == len(sft)
+    assert {c.image for c in sft} == {s.image for s in scenes}
     assert sum(counts["qa"].values()) == len(qa)
     assert sum(v["yes"] + v["no"] for v in counts["pope"].values()) == len(pope)
     assert json.loads((root / "meta.json").read_text()) == meta
@@ -66,17 +68,26 @@ def test_files_read_back_and_images_check(dataset):
 def test_every_answer_matches_its_scene(dataset):
     root, _ = dataset
     truth = {r.image: r.scene for r in read_scenes(root / "scenes.jsonl")}
-    n_questions, probe_answers, starts = set(), set(), set()
+    probe_answers, starts = set(), set()
+    captions, qa_turns = Counter(), Counter()
     for c in read_conversations(root / "sft.json"):
         scene = truth[c.image]
-        n_questions.add(len(c.turns) // 2 - 1)
-        assert c.turns[-2:] == [("user", CAPTION_PROMPT), ("assistant", caption(scene))]
+        if c.turns[0] == ("user", CAPTION_PROMPT):  # the caption is asked alone
+            assert c.turns == [("user", CAPTION_PROMPT), ("assistant", caption(scene))]
+            captions[c.image] += 1
+            continue
+        assert 1 <= len(c.turns) // 2 <= MAX_TURNS
         for (_, question), (_, answer) in zip(c.turns[::2], c.turns[1::2]):
-            assert answer_question(scene, question) == answer
+            assert question != CAPTION_PROMPT and answer_question(scene, question) == answer
             starts.add(" ".join(question.split()[:2]))
+            qa_turns[c.image] += 1
             if question.startswith("Is there"):
                 probe_answers.add(answer)
-    assert n_questions == {1, 2, 3} and probe_answers == {"yes", "no"}
+    assert set(captions.values()) == {1} and captions.keys() == truth.keys()
+    for image, scene in truth.items():  # one question of each kind, plus the probes
+        probes = TRAINING_PROBES if isinstance(scene, ShapeScene) else 0
+        assert qa_turns[image] == len(questions_for(scene)) + probes
+    assert probe_answers == {"yes", "no"}
     assert {"What color", "What shape", "How many", "Where is", "Which bar", "What is"} < starts
     qa = read_qa(root / "qa.jsonl")
     for item in qa + read_qa(root / "pope.jsonl"):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from omnivision.data.charts import ChartScene, sample_chart_scene
-from omnivision.data.questions import (answer_question, caption, chart_questions, probe_text,
+from omnivision.data.questions import (answer_question, caption, chart_questions, descriptions, probe_text,
                                        questions_for, shape_questions)
 from omnivision.data.shapes import (COLORS, PLURALS, POSITIONS, SHAPES, ShapeObject, ShapeScene,
                                     sample_shape_scene)
@@ -42,16 +42,11 @@ def test_answers_are_consistent_with_the_scene():
     asked = {"color": 0, "shape": 0, "count": 0, "position": 0}
     for scene in _scenes():
         groups = shape_questions(scene)
-        for q in groups["color"]:
-            shape = next(s for s in SHAPES if f"the {s}?" in q.text)
-            matching = [o for o in scene.objects if o.shape == shape]
-            assert len(matching) == 1 and q.answer == matching[0].color
-        unique_shapes = [s for s in SHAPES if sum(o.shape == s for o in scene.objects) == 1]
-        assert len(groups["color"]) == len(unique_shapes)
-        for q in groups["shape"]:
-            color = q.text.split()[4]
-            matching = [o for o in scene.objects if o.color == color]
-            assert len(matching) == 1 and q.answer == matching[0].shape
+        for kind in ("color", "shape"):
+            assert len(groups[kind]) == len(scene.objects)
+            for q, o in zip(groups[kind], scene.objects):
+                where = "in the center" if o.position == "center" else f"at the {o.position}"
+                assert q.text.endswith(f" the object {where}?") and q.answer == getattr(o, kind)
         for q in groups["count"]:
             target = q.extra["target"]
             expected = len(scene.objects) if target == "object" else sum(
@@ -87,12 +82,25 @@ def test_chart_questions():
                 assert q.qtype == "chart" and answer_question(chart, q.text) == q.answer
 
 
+def test_descriptions_are_true_of_the_scene_only():
+    scene = ShapeScene((ShapeObject("circle", "red", "large", "top left"),
+                        ShapeObject("cross", "blue", "small", "center")))
+    texts = descriptions(scene)
+    assert texts[:5] == ["a circle", "a red circle", "a large red circle", "a circle at the top left",
+                         "a red circle at the top left"]
+    assert "a blue cross in the center" in texts and len(texts) == len(set(texts)) == 10
+    assert descriptions(ChartScene((1, 2, 3))) == ["a bar chart"]
+
+
 def test_oracle_parser():
     scene = ShapeScene((ShapeObject("circle", "red", "large", "top left"),
                         ShapeObject("circle", "blue", "small", "center"),
                         ShapeObject("square", "orange", "small", "bottom")))
-    assert answer_question(scene, "What color is the circle?") is None  # two circles
-    assert answer_question(scene, "what colour is the square?") == "orange"
+    assert answer_question(scene, "What color is the object at the top left?") == "red"
+    assert answer_question(scene, "what colour is the object  in the center?") == "blue"
+    assert answer_question(scene, "What shape is the object at the bottom?") == "square"
+    assert answer_question(scene, "What shape is the object at the right?") is None  # empty cell
+    assert answer_question(scene, "What color is the object at the middle?") is None
     assert answer_question(scene, "  How many   circles are there? ") == "2"
     assert answer_question(scene, "How many triangles are there?") == "0"
     assert answer_question(scene, "Where is the green circle?") is None

@@ -114,8 +114,10 @@ def full_state(model):
     return model.state_dict()
 
 
-def marker(model, path):
+def marker(model, path, state):
+    """on_checkpoint: a marker naming the rank, and the full state dict it was given."""
     (path / f"marker-rank{os.environ.get('RANK', '0')}").write_text("x")
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path / "state.safetensors"))
 
 
 def main():
@@ -153,3 +155,21 @@ def toy(tmp_path_factory):
 def fp32_cfg():
     """TrainConfig overrides every toy test uses: fp32 on CPU, no progress bar."""
     return {"precision": "fp32", "device": "cpu", "progress": False}
+
+
+@pytest.fixture(scope="session")
+def make_workspace():
+    """A function (root, scenes, seed) -> root that writes a generated dataset under root/data and a
+    random tiny model with the byte-level tokenizer under root/start: what the recipe tests start from."""
+    from omnivision.data.generate import generate_shapes_dataset
+    from omnivision.processing.byte_tokenizer import byte_level_tokenizer
+    from omnivision.weights.random_init import write_random_checkpoint
+
+    def make(root: Path, scenes: int, seed: int) -> Path:
+        generate_shapes_dataset(root / "data", scenes, seed=seed)
+        tok = root / "tokenizer.json"
+        byte_level_tokenizer().backend.save(str(tok))
+        write_random_checkpoint("tiny", root / "start", tokenizer_file=tok, seed=0)
+        return root
+
+    return make

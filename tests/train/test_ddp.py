@@ -71,4 +71,9 @@ def test_two_processes_match_one(toy, tmp_path, single, how):
     assert [p.name for p in ckpts] == ["step_00000003", "step_00000006"]
     for ckpt in ckpts:
         assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("marker")) == ["marker-rank0"]
+    # on_checkpoint got the whole model (under FSDP gathered from the shards), not rank 0's shard
+    given = load_file(str(ckpts[-1] / "state.safetensors"))
+    assert given.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(given[name], value, rtol=0, atol=1e-6, msg=name)
     assert (out / "curves.png").is_file()

@@ -224,6 +224,25 @@ def test_siglip_hand_worked_2x2() -> None:
     assert float(loss) == pytest.approx(0.01343070, abs=1e-7)
 
 
+def test_siglip_hand_worked_shared_positive() -> None:
+    """The same 2x2 case (logits = I at scale 1, bias 0) with text 1 also true of image 0.
+
+    Entry (0, 1) turns from label -1 to +1 at logit 0: its cost stays log 2 (sigmoid(0) = 1/2 either
+    way), so the loss is unchanged, 1.00640887. At scale 10, bias -5 its logit is -5 and the cost
+    becomes -log sigmoid(-5) = 5.00671535 instead of log(1 + e^-5) = 0.00671535:
+    (3 * 0.00671535 + 5.00671535) / 2 = 2.51343070.
+    """
+    img = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
+    positives = torch.tensor([[True, True], [False, True]])
+    loss = siglip_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0), positives)
+    assert float(loss) == pytest.approx(1.00640887, abs=1e-7)
+    loss = siglip_loss(img, txt, torch.tensor(10.0), torch.tensor(-5.0), positives)
+    assert float(loss) == pytest.approx(2.51343070, abs=1e-6)
+    with pytest.raises(ValueError, match="positives"):
+        siglip_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0), torch.ones(3, 3, dtype=torch.bool))
+
+
 def test_siglip_matched_pairs_beat_shuffled() -> None:
     img = torch.randn(8, 16)
     txt = img + 0.3 * torch.randn(8, 16)

@@ -29,7 +29,8 @@ def test_filters_and_counts():
     ]
     given = {"1.png": caption, "2.png": "A large blue circle at the top left.",
              "3.png": "Two small squares.", "4.png": "Something."}
-    result = make_pairs(sources, lambda s: given[s.image], OracleTeacher(), max_edit=0.3)
+    result = make_pairs(sources, lambda chunk: [given[s.image] for s in chunk], OracleTeacher(),
+                        max_edit=0.3, batch=2)
     assert [(p.image, p.chosen, p.rejected) for p in result.pairs] == [
         ("2.png", caption, "A large blue circle at the top left.")]
     assert result.dropped == {"unchanged": 1, "too_far": 1, "teacher_failed": 1}
@@ -37,4 +38,4 @@ def test_filters_and_counts():
 
 def test_bad_threshold():
     with pytest.raises(ValueError):
-        make_pairs([], lambda s: "", OracleTeacher(), max_edit=0)
+        make_pairs([], lambda chunk: [], OracleTeacher(), max_edit=0)

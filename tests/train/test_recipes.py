@@ -10,24 +10,16 @@ import torch
 
 from omnivision.cli.main import main
 from omnivision.data.formats import read_preferences
-from omnivision.data.generate import generate_shapes_dataset
 from omnivision.loader import load
-from omnivision.processing.byte_tokenizer import byte_level_tokenizer
 from omnivision.train.config import TrainConfig
 from omnivision.train.recipe_align import AlignConfig, run_align
 from omnivision.train.recipe_dpo import DPOConfig, run_dpo
 from omnivision.train.recipe_sft import SFTConfig, run_sft
-from omnivision.weights.random_init import write_random_checkpoint
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    generate_shapes_dataset(root / "data", 16, seed=3)
-    tok = root / "tokenizer.json"
-    byte_level_tokenizer().backend.save(str(tok))
-    write_random_checkpoint("tiny", root / "start", tokenizer_file=tok, seed=0)
-    return root
+def workspace(tmp_path_factory, make_workspace):
+    return make_workspace(tmp_path_factory.mktemp("recipes"), 16, 3)
 
 
 def _train(out, steps=3, **kw) -> TrainConfig:

@@ -50,6 +50,7 @@ def add_parser(sub, name: str) -> None:
     m.add_argument("--max-edit", type=float, default=0.5,
                    help="drop pairs whose normalised edit distance is above this (default 0.5)")
     m.add_argument("--max-new-tokens", type=int, default=128)
+    m.add_argument("--batch", type=int, default=16, help="prompts answered together (default 16)")
     m.set_defaults(handler=run_make_pairs)
 
     r = actions.add_parser("recipe", help="complete recipes")
@@ -94,20 +95,23 @@ def run_make_pairs(args: argparse.Namespace) -> int:
     vlm = load(args.model, dtype="float32")
     images = Path(args.images)
 
-    def answer(source: PairSource) -> str:
-        image = images / source.image if source.image else None
-        return vlm.answer_batch([image], [source.prompt], max_new_tokens=args.max_new_tokens)[0]
+    def answer(chunk: list[PairSource]) -> list[str]:
+        return vlm.answer_batch([images / s.image if s.image else None for s in chunk],
+                                [s.prompt for s in chunk], max_new_tokens=args.max_new_tokens)
 
-    result = make_pairs(sources, answer, teacher, args.max_edit)
+    result = make_pairs(sources, answer, teacher, args.max_edit, batch=args.batch)
     write_jsonl(args.out, result.pairs)
     print(json.dumps({"pairs": len(result.pairs), "dropped": dict(result.dropped)}))
     return 0
 
 
 def run_nano(args: argparse.Namespace) -> int:
-    from omnivision.train.recipe_nano import NanoConfig, run_nano as nano
+    from omnivision.train.nano_report import markdown_table
+    from omnivision.train.recipe_nano import NanoConfig
+    from omnivision.train.recipe_nano import run_nano as nano
 
     report = nano(NanoConfig(out=args.out, scale=args.scale, seed=args.seed))
+    print(markdown_table(report), end="")
     print(json.dumps({"total_s": report["total_s"], "final": report["stages"]["3-dpo"]["qa"]}),
           file=sys.stdout)
     return 0

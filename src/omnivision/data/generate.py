@@ -7,8 +7,8 @@ Layout of `out_dir` (image paths in every file are relative to `out_dir`):
 | `images/NNNNNN.png` | the rendered scenes, `image_size` x `image_size` RGB |
 | `scenes.jsonl` | ground truth per image (see `scenes`) |
 | `captions.jsonl` | one `CaptionPair` per image (alignment stage) |
-| `sft.json` | LLaVA JSON list: per image 1 to 3 questions, then "Describe the image." |
-| `qa.jsonl` | `QAItem`s for evaluation: per shapes scene one question of each of color, shape, count, position (color only when some shape is unique); per chart one tallest, one shortest, one value question |
+| `sft.json` | LLaVA JSON list: per image its questions in conversations, the caption alone (`_sft`) |
+| `qa.jsonl` | `QAItem`s for evaluation: per shapes scene one question of each of color, shape, count, position; per chart one tallest, one shortest, one value question |
 | `pope.jsonl` | `QAItem`s of qtype pope: per shapes scene and strategy, as many yes as no |
 | `meta.json` | arguments, counts, vocabulary; written last |
 
@@ -37,7 +37,8 @@ from omnivision.data.shapes import (COLORS, POSITIONS, SHAPES, SIZES, ShapeScene
                                     all_object_names, sample_shape_scene)
 
 FILES = ("scenes.jsonl", "captions.jsonl", "sft.json", "qa.jsonl", "pope.jsonl", "meta.json")
-MAX_QUESTIONS = 3
+TRAINING_PROBES = 4
+MAX_TURNS = 12
 
 
 def _check_args(n: int, image_size: int, chart_fraction: float) -> None:
@@ -62,18 +63,27 @@ def sample_scenes(n: int, seed: int, chart_fraction: float = 0.2) -> list[SceneR
     return out
 
 
-def _sft(record: SceneRecord, rng: random.Random, frequencies: Counter[str]) -> Conversation:
-    groups: dict[str, list[Question] | None] = dict(questions_for(record.scene))
+def _sft(record: SceneRecord, rng: random.Random, frequencies: Counter[str]) -> list[Conversation]:
+    """Every kind of question once (shapes: plus `TRAINING_PROBES` yes/no probes), shuffled and cut
+    into conversations of random length (1 to `MAX_TURNS` turns), then the caption on its own.
+
+    Dense: a small model gets many answers for each image it encodes. Random lengths: every kind
+    of question is also asked first, as at evaluation. The caption is a conversation of its own: an
+    earlier caption would give the later answers away.
+    """
+    questions = [rng.choice(pool) for pool in questions_for(record.scene).values()]
     if isinstance(record.scene, ShapeScene):
-        groups["pope"] = None  # a yes/no probe, drawn by `training_probe`
-    kinds = rng.sample(list(groups), rng.randint(1, min(MAX_QUESTIONS, len(groups))))
-    turns = []
-    for kind in kinds:
-        pool = groups[kind]
-        q = training_probe(record.scene, rng, frequencies) if pool is None else rng.choice(pool)
-        turns += [("user", q.text), ("assistant", q.answer)]
-    turns += [("user", CAPTION_PROMPT), ("assistant", caption(record.scene))]
-    return Conversation(record.id, record.image, turns)
+        questions += [training_probe(record.scene, rng, frequencies) for _ in range(TRAINING_PROBES)]
+    rng.shuffle(questions)
+    chunks = []
+    while questions:
+        n = rng.randint(1, MAX_TURNS)
+        chunks.append(questions[:n])
+        questions = questions[n:]
+    chunks.append([Question(CAPTION_PROMPT, caption(record.scene), "caption", {})])
+    return [Conversation(f"{record.id}-{n}", record.image,
+                         [turn for q in chunk for turn in (("user", q.text), ("assistant", q.answer))])
+            for n, chunk in enumerate(chunks)]
 
 
 def _qa(record: SceneRecord, rng: random.Random) -> list[QAItem]:
@@ -125,7 +135,7 @@ def generate_shapes_dataset(out_dir: str | os.PathLike, n: int, seed: int, image
         render_scene(r.scene, image_size).save(out / r.image, format="PNG")
     frequencies = object_frequencies(r.scene for r in records if isinstance(r.scene, ShapeScene))
     sft_rng, qa_rng, pope_rng = (random.Random(f"{seed}:{part}") for part in ("sft", "qa", "pope"))
-    sft = [_sft(r, sft_rng, frequencies) for r in records]
+    sft = [c for r in records for c in _sft(r, sft_rng, frequencies)]
     qa = [item for r in records for item in _qa(r, qa_rng)]
     pope = [item for r in records if isinstance(r.scene, ShapeScene)
             for item in _pope(r, pope_rng, frequencies)]

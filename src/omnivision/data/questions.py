@@ -2,7 +2,8 @@
 
 Every question has exactly one correct answer, from a small closed vocabulary: a colour, a shape,
 a digit, a grid position ("top left", "center", ...), a bar letter, "yes" or "no". A question is
-only asked when the scene makes it unambiguous (a colour question names a shape that occurs once).
+only asked when the scene makes it unambiguous: a colour or shape question names an occupied cell
+("What color is the object at the top left?"), a position question an object of the scene.
 `answer_question` parses any of the templates back and answers it from the scene: the oracle for
 the procedural data.
 """
@@ -14,11 +15,11 @@ from typing import Any, NamedTuple
 
 from omnivision.data.charts import ChartScene
 from omnivision.data.scenes import Scene
-from omnivision.data.shapes import COLORS, PLURALS, SHAPES, ShapeObject, ShapeScene
+from omnivision.data.shapes import COLORS, PLURALS, POSITIONS, SHAPES, ShapeObject, ShapeScene
 
 CAPTION_PROMPT = "Describe the image."
-COLOR_Q = "What color is the {shape}?"
-SHAPE_Q = "What shape is the {color} object?"
+COLOR_Q = "What color is the object {where}?"
+SHAPE_Q = "What shape is the object {where}?"
 COUNT_Q = "How many {plural} are there?"
 COUNT_ALL_Q = "How many objects are there?"
 POSITION_Q = "Where is the {color} {shape}?"
@@ -59,6 +60,22 @@ def caption(scene: Scene) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def descriptions(scene: Scene) -> list[str]:
+    """Short texts true of the scene, coarse to fine, for contrastive pretraining: per object its
+    shape, colour and shape, size, colour and shape, and the first two with the object's place;
+    for a chart "a bar chart". The caption is not among them."""
+    if isinstance(scene, ChartScene):
+        return ["a bar chart"]
+    out: list[str] = []
+    for o in scene.objects:
+        where = _where(o.position)
+        for text in (f"a {o.shape}", f"a {o.color} {o.shape}", f"a {o.size} {o.color} {o.shape}",
+                     f"a {o.shape} {where}", f"a {o.color} {o.shape} {where}"):
+            if text not in out:
+                out.append(text)
+    return out
+
+
 def _unique(objects: tuple[ShapeObject, ...], **attrs: str) -> ShapeObject | None:
     """The one object with these attributes, or None when there are none or several."""
     found = [o for o in objects if all(getattr(o, k) == v for k, v in attrs.items())]
@@ -69,14 +86,9 @@ def shape_questions(scene: ShapeScene) -> dict[str, list[Question]]:
     """Every unambiguous question about a shapes scene, by qtype (probes are in `pope`)."""
     objs = scene.objects
     out: dict[str, list[Question]] = {"color": [], "shape": [], "count": [], "position": []}
-    for shape in SHAPES:
-        obj = _unique(objs, shape=shape)
-        if obj is not None:
-            out["color"].append(Question(COLOR_Q.format(shape=shape), obj.color, "color", {}))
-    for color in COLORS:
-        obj = _unique(objs, color=color)
-        if obj is not None:
-            out["shape"].append(Question(SHAPE_Q.format(color=color), obj.shape, "shape", {}))
+    for o in objs:
+        out["color"].append(Question(COLOR_Q.format(where=_where(o.position)), o.color, "color", {}))
+        out["shape"].append(Question(SHAPE_Q.format(where=_where(o.position)), o.shape, "shape", {}))
     for shape in SHAPES:
         n = sum(o.shape == shape for o in objs)
         out["count"].append(Question(COUNT_Q.format(plural=PLURALS[shape]), str(n), "count",
@@ -108,10 +120,11 @@ def questions_for(scene: Scene) -> dict[str, list[Question]]:
 
 
 _ANY = "|".join
+_WHERE = rf"(?:in the (center)|at the ({_ANY(p for p in POSITIONS if p != 'center')}))"
 _PATTERNS = {
     "caption": re.escape(CAPTION_PROMPT),
-    "color": rf"What colou?r is the ({_ANY(SHAPES)})\?",
-    "shape": rf"What shape is the ({_ANY(COLORS)}) object\?",
+    "color": rf"What colou?r is the object {_WHERE}\?",
+    "shape": rf"What shape is the object {_WHERE}\?",
     "count": rf"How many ({_ANY(PLURALS.values())}|objects) are there\?",
     "position": rf"Where is the ({_ANY(COLORS)}) ({_ANY(SHAPES)})\?",
     "probe": rf"Is there an? ({_ANY(COLORS)}) ({_ANY(SHAPES)}) in the image\?",
@@ -126,12 +139,9 @@ _CHART_KINDS = ("tallest", "shortest", "value")
 
 def _answer_shapes(kind: str, groups: tuple[str, ...], scene: ShapeScene) -> str | None:
     objs = scene.objects
-    if kind == "color":
-        obj = _unique(objs, shape=groups[0])
-        return obj.color if obj else None
-    if kind == "shape":
-        obj = _unique(objs, color=groups[0])
-        return obj.shape if obj else None
+    if kind in ("color", "shape"):
+        obj = _unique(objs, position=groups[0] or groups[1])
+        return None if obj is None else getattr(obj, kind)
     if kind == "count":
         target = _SINGULAR.get(groups[0])
         return str(len(objs) if target is None else sum(o.shape == target for o in objs))
@@ -165,7 +175,7 @@ def answer_question(scene: Scene, text: str) -> str | None:
         m = pattern.fullmatch(text)
         if m is None:
             continue
-        groups = tuple(g.lower() for g in m.groups())
+        groups = tuple(g and g.lower() for g in m.groups())
         if kind == "caption":
             return caption(scene)
         if isinstance(scene, ChartScene):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from omnivision.train.config import TrainConfig
@@ -102,6 +103,16 @@ def wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside a DDP wrapper (FSDP2 shards in place and has no wrapper)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unwrapped model's complete state dict. Under FSDP the shards are gathered onto rank 0's
+    CPU (the other ranks get an empty dict) and every process must call it, being a collective;
+    otherwise `model.state_dict()`."""
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
 
 
 def is_main() -> bool:

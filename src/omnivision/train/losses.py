@@ -111,7 +111,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor) -> torch.Tensor:
+                logit_bias: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, arXiv:2303.15343): [N, D], [N, D] -> [].
 
     Both embeddings are L2-normalised; logits = logit_scale * img @ txt.T + logit_bias [N, N]; the
@@ -124,6 +124,10 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: to
 
     `logit_scale` is the multiplier t itself, not its log: with the paper's parameterisation
     t = exp(t') (t' initialised to log 10, the bias to -10), pass `t_prime.exp()`.
+
+    `positives` [N, N] (bool) marks every text that is true of an image, for data where a text can
+    describe several images of a batch ("a red circle"); the default is the diagonal. Since each
+    pair is its own binary term, several positives per row need no other change.
     """
     if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
         raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} "
@@ -132,5 +136,9 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: to
     txt = F.normalize(text_emb.float(), dim=-1)  # [N, D]
     logits = logit_scale.float() * img @ txt.T + logit_bias.float()  # [N, N]
     n = logits.shape[0]
-    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1  # [N, N]: +1 diag, -1 off
+    if positives is None:
+        positives = torch.eye(n, device=logits.device, dtype=torch.bool)
+    elif positives.shape != logits.shape:
+        raise ValueError(f"positives {tuple(positives.shape)} must be [N, N] = {tuple(logits.shape)}")
+    labels = 2 * positives.to(logits.dtype) - 1  # [N, N]: +1 true pairs, -1 the rest
     return -F.logsigmoid(labels * logits).sum() / n

@@ -54,16 +54,21 @@ class PairsResult:
     dropped: Counter = field(default_factory=Counter)
 
 
-def make_pairs(sources: Sequence[PairSource], answer: Callable[[PairSource], str], teacher: Teacher,
-               max_edit: float = 0.5, image_url: Callable[[PairSource], str | None] | None = None,
-               batch: int = 32) -> PairsResult:
-    """Answer each source with `answer`, correct with `teacher`, keep the minimal edits."""
+def make_pairs(sources: Sequence[PairSource], answer: Callable[[Sequence[PairSource]], list[str]],
+               teacher: Teacher, max_edit: float = 0.5,
+               image_url: Callable[[PairSource], str | None] | None = None, batch: int = 32) -> PairsResult:
+    """Answer `batch` sources at a time with `answer` (one answer per source, in order), correct
+    them with `teacher`, keep the minimal edits."""
     if not 0 < max_edit <= 1:
         raise ValueError(f"max_edit must be in (0, 1], got {max_edit}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     result = PairsResult([])
     for start in range(0, len(sources), batch):
         chunk = sources[start:start + batch]
-        answers = [answer(s) for s in chunk]
+        answers = answer(chunk)
+        if len(answers) != len(chunk):
+            raise ValueError(f"answer() returned {len(answers)} answers for {len(chunk)} sources")
         items = [TeacherItem(s.prompt, a, image_url(s) if image_url else None, s.reference)
                  for s, a in zip(chunk, answers)]
         for source, given, fixed in zip(chunk, answers, teacher.correct(items)):

@@ -21,7 +21,7 @@ from omnivision.data.images import check_images
 from omnivision.loader import load
 from omnivision.train.collate import Batch, collate_examples
 from omnivision.train.config import TrainConfig
-from omnivision.train.distributed import is_main
+from omnivision.train.distributed import full_state_dict, is_main
 from omnivision.train.encode import EncodedExample, encode_caption
 from omnivision.train.feature_cache import FeatureCache
 from omnivision.train.image_batches import ImageLoader
@@ -82,7 +82,9 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> TrainResult:
              for c in captions]
     result = train(vlm.model, AlignTask(), items, collate(vlm.tokenizer.endoftext_id), cfg.train,
                    trainable=trainable_parts(["projector"]), resume=resume,
-                   on_checkpoint=lambda model, d: save_native(model, vlm.tokenizer, d / "model"))
+                   on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
+                                                                     state=state))
+    state = full_state_dict(vlm.model)
     if is_main():
-        save_native(vlm.model, vlm.tokenizer, out / "model")
+        save_native(vlm.model, vlm.tokenizer, out / "model", state=state)
     return result

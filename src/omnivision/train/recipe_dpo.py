@@ -20,12 +20,12 @@ from omnivision.data.images import check_images
 from omnivision.loader import load
 from omnivision.train.collate import Batch, collate_examples
 from omnivision.train.config import TrainConfig
-from omnivision.train.distributed import is_main
+from omnivision.train.distributed import full_state_dict, is_main
 from omnivision.train.encode import EncodedExample, encode_preference
 from omnivision.train.image_batches import ImageLoader
 from omnivision.train.loop import TrainResult, train
 from omnivision.train.losses import dpo_loss, sequence_logps
-from omnivision.train.parts import trainable_parts
+from omnivision.train.lora import LoraSettings, prepare_parts
 from omnivision.weights.native import save_native
 
 
@@ -40,6 +40,8 @@ class DPOConfig:
     beta: float = 0.1
     """Strength of the pull towards the reference (higher: stay closer)."""
     trainable: list[str] = field(default_factory=lambda: ["projector", "language"])
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters instead of full training (merged on save); off by default."""
     skip_bad_images: bool = False
     cache_images: bool = False
 
@@ -105,8 +107,11 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> TrainResult:
     fn = collate(ImageLoader(c, cfg.images, cfg.cache_images), vlm.tokenizer.endoftext_id)
     reference_logps(vlm.model, items, fn)
     out = Path(cfg.train.out_dir)
-    result = train(vlm.model, DPOTask(cfg.beta), items, fn, cfg.train, trainable=trainable_parts(cfg.trainable),
-                   resume=resume, on_checkpoint=lambda model, d: save_native(model, vlm.tokenizer, d / "model"))
+    trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
+    result = train(vlm.model, DPOTask(cfg.beta), items, fn, cfg.train, trainable=trainable, resume=resume,
+                   on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
+                                                                     state=to_save(state)))
+    state = full_state_dict(vlm.model)
     if is_main():
-        save_native(vlm.model, vlm.tokenizer, out / "model")
+        save_native(vlm.model, vlm.tokenizer, out / "model", state=to_save(state))
     return result

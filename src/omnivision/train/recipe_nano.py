@@ -3,7 +3,8 @@
 1. Generate training scenes and a held-out set with another seed (`data/generate.py`).
 2. Train a byte-level BPE tokenizer on the generated text, with the chat template's special tokens.
 3. Pretrain the language model on the text alone (`recipe_text.py`).
-4. Pretrain the vision tower with the SigLIP sigmoid loss on image-caption pairs (`recipe_siglip.py`).
+4. Pretrain the vision tower with the SigLIP sigmoid loss on captions and short descriptions
+   (`recipe_siglip.py`).
 5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`).
 6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`).
 7. Stage 3: the stage-2 model answers, the ground-truth oracle makes minimal corrections, DPO on the
@@ -25,9 +26,13 @@ from pathlib import Path
 
 import torch
 
-from omnivision.config import (OmniVisionConfig, ProjectorConfig, TextConfig, VisionConfig)
+from omnivision.config import OmniVisionConfig, ProcessingConfig, ProjectorConfig, TextConfig, VisionConfig
 from omnivision.data.formats import read_captions, read_conversations, read_qa, write_jsonl
 from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.questions import caption, descriptions
+from omnivision.data.records import PreferencePair
+from omnivision.data.scenes import read_scenes
+from omnivision.data.shapes import BACKGROUND
 from omnivision.eval.shapes import absent_object_rate, pope_metrics, qa_accuracy
 from omnivision.loader import load
 from omnivision.model import OmniVisionModel, init_weights
@@ -36,6 +41,7 @@ from omnivision.processing.tokenizer_training import train_byte_level_bpe
 from omnivision.train.config import TrainConfig
 from omnivision.train.image_batches import ImageLoader
 from omnivision.train.make_pairs import PairSource, make_pairs
+from omnivision.train.nano_report import markdown_table
 from omnivision.train.recipe_align import CAPTION_PROMPT, AlignConfig, run_align
 from omnivision.train.recipe_dpo import DPOConfig, run_dpo
 from omnivision.train.recipe_sft import SFTConfig, run_sft
@@ -47,28 +53,35 @@ from omnivision.weights.native import save_native
 
 
 def nano_config(vocab_size: int) -> OmniVisionConfig:
-    """96-pixel images in 8-pixel patches (12x12 = 144 patches, 16 image tokens after concat9)."""
+    """90-pixel images in 10-pixel patches: a 9x9 patch grid whose 3x3 blocks are exactly the scene's
+    grid cells, so the 3x3 spatial merge gives one image token per cell (9 tokens).
+
+    Pixels are normalised around the scenes' background colour: with the usual mean of 0.5 the
+    background dominates every patch embedding, the image-to-image variation is a few percent of
+    the features, and training collapses the tower to a constant before it learns shapes (measured:
+    shape answers stayed at chance on one-object scenes; centred, they were learned in 200 steps)."""
     return OmniVisionConfig(
-        vision=VisionConfig(image_size=96, patch_size=8, hidden_size=128, intermediate_size=512,
+        vision=VisionConfig(image_size=90, patch_size=10, hidden_size=128, intermediate_size=512,
                             num_layers=4, num_heads=4, has_head=True),
-        projector=ProjectorConfig(compression="concat9", hidden_size=256),
+        projector=ProjectorConfig(compression="spatial3x3", hidden_size=256),
         text=TextConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_layers=4,
                         num_heads=6, num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=512),
+        processing=ProcessingConfig(image_mean=tuple(c / 255 for c in BACKGROUND), image_std=(0.25,) * 3),
         image_token_id=6, stop_token_ids=(2, 0), name="omnivision-nano")
 
 
 @dataclass
 class NanoConfig:
     out: str = "runs/nano"
-    train_scenes: int = 4000
+    train_scenes: int = 8000
     eval_scenes: int = 300
     seed: int = 1
     eval_seed: int = 1001
     vocab_size: int = 768
-    text_steps: int = 300
+    text_steps: int = 150
     siglip_steps: int = 300
     align_steps: int = 150
-    sft_steps: int = 1200
+    sft_steps: int = 2700
     dpo_steps: int = 100
     batch_size: int = 32
     scale: float = 1.0
@@ -84,17 +97,31 @@ def _steps(n: int, scale: float) -> int:
 def _train_cfg(out: Path, steps: int, lr: float, batch: int, seed: int, warmup: int = 20) -> TrainConfig:
     return TrainConfig(out_dir=str(out), steps=steps, batch_size=batch, lr=lr, warmup_steps=min(warmup, steps // 4),
                        weight_decay=0.01, log_every=max(1, steps // 20), seed=seed, progress=False,
-                       precision="fp32", distributed="none")
+                       precision="auto", distributed="none")
 
 
 def _texts(data: Path, system_prompt: str) -> list[str]:
-    """Chat-formatted text of every training conversation (without its image) and every caption."""
+    """The tokenizer's corpus: every training conversation, chat-formatted (without its image), and
+    every caption."""
     texts = []
     for conv in read_conversations(data / "sft.json"):
         messages = [Message(role, text) for role, text in conv.turns]
         texts.append(render(messages, "omnivision", system_prompt))
     texts += [c.caption for c in read_captions(data / "captions.jsonl")]
     return texts
+
+
+def _siglip_pairs(data: Path, seed: int) -> tuple[list[tuple[str, str]], dict[str, frozenset[str]]]:
+    """Per image its caption and 3 short descriptions ("a red circle", "a cross at the top"), and
+    every text true of each image, so that a description shared by two images of a batch is a
+    positive for both."""
+    rng = random.Random(seed)
+    pairs, true_texts = [], {}
+    for record in read_scenes(data / "scenes.jsonl"):
+        short, full = descriptions(record.scene), caption(record.scene)
+        true_texts[record.image] = frozenset([*short, full])
+        pairs += [(record.image, full)] + [(record.image, t) for t in rng.sample(short, min(3, len(short)))]
+    return pairs, true_texts
 
 
 def evaluate(vlm: OmniVision, data: Path) -> dict:
@@ -124,6 +151,19 @@ def _pair_sources(data: Path, n: int, seed: int) -> list[tuple[PairSource, float
     return out
 
 
+def balance_yes_no(pairs: list[PreferencePair]) -> tuple[list[PreferencePair], int]:
+    """As many yes/no pairs whose correction is "yes" as "no" (the first ones of the larger side
+    kept), other pairs untouched; and how many were dropped. A model that leans one way gets
+    mostly corrections the other way, and DPO on those alone swings it to the other extreme."""
+    by_answer: dict[str, list[PreferencePair]] = {"yes": [], "no": []}
+    other = []
+    for pair in pairs:
+        (by_answer[pair.chosen] if pair.chosen in by_answer else other).append(pair)
+    n = min(len(v) for v in by_answer.values())
+    kept = other + by_answer["yes"][:n] + by_answer["no"][:n]
+    return kept, len(pairs) - len(kept)
+
+
 def run_nano(cfg: NanoConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -144,8 +184,9 @@ def run_nano(cfg: NanoConfig) -> dict:
     n_train = max(50, int(cfg.train_scenes * min(1.0, s)))
     n_eval = max(30, int(cfg.eval_scenes * min(1.0, s)))
     data, held_out = out / "data", out / "eval-data"
-    generate_shapes_dataset(data, n_train, cfg.seed)
-    generate_shapes_dataset(held_out, n_eval, cfg.eval_seed)
+    size = nano_config(cfg.vocab_size).vision.image_size
+    generate_shapes_dataset(data, n_train, cfg.seed, image_size=size)
+    generate_shapes_dataset(held_out, n_eval, cfg.eval_seed, image_size=size)
     lap("data")
 
     config = nano_config(cfg.vocab_size)
@@ -166,10 +207,10 @@ def run_nano(cfg: NanoConfig) -> dict:
                                     num_heads=4, num_kv_heads=2)
     siglip = SiglipPretrainModel(config.vision, text_side)
     init_weights(siglip)
-    loader = ImageLoader(config, data)
-    pairs = [(c.image, c.caption) for c in read_captions(data / "captions.jsonl")]
-    pretrain_siglip(siglip, tokenizer, pairs, loader,
-                    _train_cfg(out / "runs" / "siglip", _steps(cfg.siglip_steps, s), 2e-3, 64, cfg.seed))
+    pairs, true_texts = _siglip_pairs(data, cfg.seed)
+    pretrain_siglip(siglip, tokenizer, pairs, ImageLoader(config, data, cache=True),
+                    _train_cfg(out / "runs" / "siglip", _steps(cfg.siglip_steps, s), 2e-3, 64, cfg.seed),
+                    true_texts)
     model.vision.load_state_dict(siglip.vision.state_dict())
     save_native(model, tokenizer, out / "stage0")
     lap("vision pretraining")
@@ -192,12 +233,15 @@ def run_nano(cfg: NanoConfig) -> dict:
     kept, dropped = [], {}
     for threshold in sorted({t for _, t in sources}):
         group = [src for src, t in sources if t == threshold]
-        result = make_pairs(group, lambda src: stage2.answer_batch([data / src.image], [src.prompt],
-                                                                   max_new_tokens=48)[0],
-                            OracleTeacher(), max_edit=threshold)
+        result = make_pairs(group, lambda chunk: stage2.answer_batch(
+            [data / src.image for src in chunk], [src.prompt for src in chunk], max_new_tokens=48),
+            OracleTeacher(), max_edit=threshold)
         kept += result.pairs
         for reason, count in result.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + count
+    kept, unbalanced = balance_yes_no(kept)
+    if unbalanced:
+        dropped["unbalanced_yes_no"] = unbalanced
     write_jsonl(out / "pairs.jsonl", kept)
     report["pairs"] = {"kept": len(kept), "dropped": dropped}
     if kept:
@@ -215,4 +259,5 @@ def run_nano(cfg: NanoConfig) -> dict:
     save_native(final_vlm.model, final_vlm.tokenizer, out / "model", extra={"recipe": "nano"})
     report["total_s"] = round(sum(timings.values()), 1)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown_table(report))
     return report

@@ -4,8 +4,9 @@
 
 Setup -> train -> save, top to bottom. Loss on the assistant tokens only, the closing `<|im_end|>`
 included (`train/encode.py`), with the model's own chat template. Which parts learn is configurable
-(`trainable`: projector, language, vision); the vision tower stays frozen unless named. The final
-model is written as a native checkpoint to `<train.out_dir>/model`.
+(`trainable`: projector, language, vision); the vision tower stays frozen unless named. Trainable
+parts learn fully, or through LoRA adapters (`lora`, `train/lora.py`). The final model, adapters
+merged, is written as a native checkpoint to `<train.out_dir>/model`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from omnivision.data.images import check_images
 from omnivision.loader import load
 from omnivision.train.collate import Batch, collate_examples
 from omnivision.train.config import TrainConfig
-from omnivision.train.distributed import is_main
+from omnivision.train.distributed import full_state_dict, is_main
 from omnivision.train.encode import EncodedExample, encode_conversation, truncate
 from omnivision.train.image_batches import ImageLoader
 from omnivision.train.loop import TrainResult, train
 from omnivision.train.losses import lm_loss
-from omnivision.train.parts import trainable_parts
+from omnivision.train.lora import LoraSettings, prepare_parts
 from omnivision.weights.native import save_native
 
 
@@ -40,6 +41,9 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainable: list[str] = field(default_factory=lambda: ["projector", "language"])
     """Components that learn: any of projector, language, vision."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (through peft) instead of full training for some trainable parts; the saved
+    model has them merged in. Off by default (`lora.rank: 0`)."""
     max_len: int = 512
     """Longer conversations are cut from the right (never inside the image block)."""
     skip_bad_images: bool = False
@@ -87,9 +91,12 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> TrainResult:
     items = encode_items(vlm, conversations, cfg.max_len)
     loader = ImageLoader(vlm.config, cfg.images, cfg.cache_images)
     out = Path(cfg.train.out_dir)
+    trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
     result = train(vlm.model, LMTask(), items, image_collate(loader, vlm.tokenizer.endoftext_id), cfg.train,
-                   trainable=trainable_parts(cfg.trainable), resume=resume,
-                   on_checkpoint=lambda model, d: save_native(model, vlm.tokenizer, d / "model"))
+                   trainable=trainable, resume=resume,
+                   on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
+                                                                     state=to_save(state)))
+    state = full_state_dict(vlm.model)
     if is_main():
-        save_native(vlm.model, vlm.tokenizer, out / "model")
+        save_native(vlm.model, vlm.tokenizer, out / "model", state=to_save(state))
     return result

@@ -1,15 +1,17 @@
-"""Pretraining a SigLIP vision tower with the pairwise sigmoid loss on image-caption pairs.
+"""Pretraining a SigLIP vision tower with the pairwise sigmoid loss on image-text pairs.
 
 The image side is the tower itself with its attention-pooling head (the head exists for exactly
 this). The text side is a small Qwen2-architecture encoder whose last-token state, projected to the
-tower's width, embeds the caption; it is thrown away after pretraining. The learned temperature and
+tower's width, embeds the text (a caption, or a short description that may be true of several
+images: every image of the batch it describes counts as a positive); it is thrown away after
+pretraining. The learned temperature and
 bias start at log(10) and -10 as in Zhai et al. 2023.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,15 +47,19 @@ class SiglipPretrainModel(nn.Module):
         last = valid.long().sum(-1) - 1  # right padding: the last real token
         return self.text_proj(hidden[torch.arange(ids.shape[0]), last])  # [N, D]
 
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor,
+                positives: torch.Tensor | None = None) -> torch.Tensor:
         return siglip_loss(self.embed_images(pixels), self.embed_texts(ids, valid),
-                           self.t_prime.exp(), self.bias)
+                           self.t_prime.exp(), self.bias, positives)
 
 
 @dataclass
 class CaptionItem:
     image: str
     ids: list[int]
+    text: str = ""
+    true_texts: frozenset[str] = frozenset()
+    """Every text true of the image (its own included); empty: only its own pair is positive."""
 
 
 class SiglipTask:
@@ -69,12 +75,18 @@ def collate(loader: ImageLoader, pad_id: int):
         for row, item in enumerate(items):
             ids[row, :len(item.ids)] = torch.tensor(item.ids)
             valid[row, :len(item.ids)] = True
-        return torch.stack([loader(i.image) for i in items]), ids, valid
+        positives = torch.tensor([[a is b or b.text in a.true_texts for b in items] for a in items])
+        return torch.stack([loader(i.image) for i in items]), ids, valid, positives  # positives [N, N]
     return fn
 
 
 def pretrain_siglip(model: SiglipPretrainModel, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
-                    loader: ImageLoader, cfg: TrainConfig) -> TrainResult:
-    """pairs: (image path relative to the loader's root, caption)."""
-    items = [CaptionItem(image, tokenizer.encode(caption)) for image, caption in pairs]
+                    loader: ImageLoader, cfg: TrainConfig,
+                    true_texts: Mapping[str, frozenset[str]] | None = None) -> TrainResult:
+    """pairs: (image path relative to the loader's root, text). `true_texts[image]`, when given,
+    holds every text that describes the image, so that a text shared by several images of a batch
+    ("a red circle") is a positive for each of them."""
+    true_texts = true_texts or {}
+    items = [CaptionItem(image, tokenizer.encode(text), text, true_texts.get(image, frozenset()))
+             for image, text in pairs]
     return train(model, SiglipTask(), items, collate(loader, tokenizer.endoftext_id), cfg)

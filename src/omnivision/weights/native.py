@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,10 @@ def is_native(path: str | os.PathLike) -> bool:
 
 
 def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.PathLike,
-                extra: dict | None = None) -> Path:
-    """Write the checkpoint directory `out` (replacing an existing one only once complete)."""
+                extra: dict | None = None, state: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint directory `out` (replacing an existing one only once complete).
+
+    `state` replaces `model.state_dict()` (a LoRA run passes its merged weights)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -50,7 +53,7 @@ def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.Path
         meta = {**(extra or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
                 "config": model.config.to_dict()}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in (state or model.state_dict()).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         tokenizer.backend.save(str(tmp / TOKENIZER))
         umask = os.umask(0)
