@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from omnivision.train.parts import COMPONENTS, trainable_parts
+from omnivision.train.parts import trainable_parts
 
 ADAPTED = {"language": "language", "vision": "vision.encoder"}
 """The components that can take adapters, and the module inside each that gets them."""
@@ -93,23 +93,14 @@ def is_lora_parameter(name: str) -> bool:
 
 def lora_parameters(parts: list[str], settings: LoraSettings):
     """A `trainable` selector for `train()`: the named parts learn, fully or through their adapters."""
-    unknown = set(parts) - set(COMPONENTS)
-    if unknown or not parts:
-        raise ValueError(f"trainable parts must be a non-empty subset of {COMPONENTS}, got {list(parts)}")
+    full = trainable_parts(parts)  # checks the part names
     missing = set(settings.parts) - set(parts)
     if missing:
         raise ValueError(f"LoRA parts {sorted(missing)} are not among the trainable parts {list(parts)}")
 
     def select(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        out = []
-        for name, p in model.named_parameters():
-            part = name.split(".", 1)[0]
-            if part in settings.parts:
-                if is_lora_parameter(name):
-                    out.append((name, p))
-            elif part in parts:
-                out.append((name, p))
-        return out
+        return [(name, p) for name, p in full(model)
+                if name.split(".", 1)[0] not in settings.parts or is_lora_parameter(name)]
 
     return select
 
