@@ -86,9 +86,13 @@ def test_descriptions_are_true_of_the_scene_only():
     scene = ShapeScene((ShapeObject("circle", "red", "large", "top left"),
                         ShapeObject("cross", "blue", "small", "center")))
     texts = descriptions(scene)
-    assert texts[:5] == ["a circle", "a red circle", "a large red circle", "a circle at the top left",
+    assert texts[:7] == ["a circle", "a red object", "a red circle", "a large red circle",
+                         "a circle at the top left", "a red object at the top left",
                          "a red circle at the top left"]
-    assert "a blue cross in the center" in texts and len(texts) == len(set(texts)) == 10
+    assert "a blue object in the center" in texts and "a blue cross in the center" in texts
+    assert len(texts) == len(set(texts)) == 14
+    other_colours = [c for c in COLORS if c not in ("red", "blue")]
+    assert not any(c in t for t in texts for c in other_colours)
     assert descriptions(ChartScene((1, 2, 3))) == ["a bar chart"]
 
 

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
 
 from omnivision.train.teachers import (MINIMAL_EDIT_INSTRUCTION, EndpointTeacher, OracleTeacher,
                                        TeacherItem)
+from tests import chat_server
+
+server = chat_server.server  # the fixture: server(script) starts a ChatServer
 
 
 def test_oracle_keeps_right_answers_and_corrects_wrong_ones():
@@ -20,54 +18,9 @@ def test_oracle_keeps_right_answers_and_corrects_wrong_ones():
     assert OracleTeacher().correct(items) == ["Red.", "red", None]
 
 
-class _Server:
-    """A chat-completions endpoint whose behaviour per request is scripted by the test."""
-
-    def __init__(self, script):
-        self.script, self.requests, self.lock = script, [], threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests.append((self.path, dict(self.headers), body))
-                    n = len(outer.requests)
-                status, delay, text = outer.script(n, body)
-                time.sleep(delay)
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def make(script):
-        servers.append(_Server(script))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
-
-
 def test_request_shape_and_key(server, monkeypatch):
     monkeypatch.setenv("TEACHER_KEY", "sk-test")
-    srv = server(lambda n, body: (200, 0, " corrected "))
+    srv = server(lambda n, body: (200, " corrected "))
     teacher = EndpointTeacher(srv.url, "judge-1", api_key_env="TEACHER_KEY")
     out = teacher.correct([TeacherItem("What color?", "blue", image_url="data:image/png;base64,AA==")])
     assert out == ["corrected"]
@@ -82,34 +35,34 @@ def test_request_shape_and_key(server, monkeypatch):
 
 
 def test_retries_server_errors_then_succeeds(server):
-    srv = server(lambda n, body: (503, 0, "") if n < 3 else (200, 0, "ok"))
+    srv = server(lambda n, body: (503, "") if n < 3 else (200, "ok"))
     teacher = EndpointTeacher(srv.url, "m", retries=3, backoff=0.01)
     assert teacher.correct([TeacherItem("q", "a")]) == ["ok"]
     assert len(srv.requests) == 3
 
 
 def test_gives_up_after_bounded_retries(server):
-    srv = server(lambda n, body: (500, 0, ""))
+    srv = server(lambda n, body: (500, ""))
     teacher = EndpointTeacher(srv.url, "m", retries=2, backoff=0.01)
     assert teacher.correct([TeacherItem("q", "a")]) == [None]
     assert len(srv.requests) == 3
 
 
 def test_client_errors_are_not_retried(server):
-    srv = server(lambda n, body: (400, 0, ""))
+    srv = server(lambda n, body: (400, ""))
     teacher = EndpointTeacher(srv.url, "m", retries=3, backoff=0.01)
     assert teacher.correct([TeacherItem("q", "a")]) == [None]
     assert len(srv.requests) == 1
 
 
 def test_timeout_counts_as_a_failed_try(server):
-    srv = server(lambda n, body: (200, 0.5 if n == 1 else 0, "late" if n == 1 else "fast"))
+    srv = server(lambda n, body: (200, "late", 0.5) if n == 1 else (200, "fast"))
     teacher = EndpointTeacher(srv.url, "m", timeout=0.2, retries=1, backoff=0.01)
     assert teacher.correct([TeacherItem("q", "a")]) == ["fast"]
 
 
 def test_concurrency_overlaps_requests(server):
-    srv = server(lambda n, body: (200, 0.3, body["messages"][1]["content"][0]["text"][-1]))
+    srv = server(lambda n, body: (200, body["messages"][1]["content"][0]["text"][-1], 0.3))
     teacher = EndpointTeacher(srv.url, "m", concurrency=4)
     start = time.perf_counter()
     out = teacher.correct([TeacherItem("q", str(i)) for i in range(4)])

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from omnivision.cli import chat, convert, data, info, init, run, train, verify_release
+from omnivision.cli import eval as eval_command  # the module name shadows the builtin
 
 COMMANDS = {
     "run": run,
@@ -21,6 +22,7 @@ COMMANDS = {
     "verify-release": verify_release,
     "data": data,
     "train": train,
+    "eval": eval_command,
 }
 
 

@@ -62,15 +62,23 @@ def caption(scene: Scene) -> str:
 
 def descriptions(scene: Scene) -> list[str]:
     """Short texts true of the scene, coarse to fine, for contrastive pretraining: per object its
-    shape, colour and shape, size, colour and shape, and the first two with the object's place;
-    for a chart "a bar chart". The caption is not among them."""
+    shape, its colour alone, colour and shape, size, colour and shape, and shape, colour alone and
+    colour and shape with the object's place; for a chart "a bar chart". The caption is not among
+    them.
+
+    The colour-only texts matter: when every text names the shape, the contrastive task is solved
+    mostly by shape and place, and the tower's features of an object varied far less with its
+    colour than with its shape (scripts/nano_features.py: 6 % against 53 % of the between-object
+    variance); with them the two are balanced (32 % and 30 %), and a decoder trained on colour
+    questions alone reached 49 % instead of 24 % held-out accuracy in 300 steps."""
     if isinstance(scene, ChartScene):
         return ["a bar chart"]
     out: list[str] = []
     for o in scene.objects:
         where = _where(o.position)
-        for text in (f"a {o.shape}", f"a {o.color} {o.shape}", f"a {o.size} {o.color} {o.shape}",
-                     f"a {o.shape} {where}", f"a {o.color} {o.shape} {where}"):
+        for text in (f"a {o.shape}", f"a {o.color} object", f"a {o.color} {o.shape}",
+                     f"a {o.size} {o.color} {o.shape}", f"a {o.shape} {where}",
+                     f"a {o.color} object {where}", f"a {o.color} {o.shape} {where}"):
             if text not in out:
                 out.append(text)
     return out

@@ -1,8 +1,11 @@
 """Scoring the nano model on generated shapes data: answer accuracy by question type, POPE-style
 yes/no metrics per negative-sampling strategy, and how often captions name absent objects.
 
-Answers are compared after normalisation (lower case, surrounding punctuation and a leading article
-removed); a yes/no answer counts by its first word, as POPE's scorers read it. The absent-object
+The rules live in the benchmark scorers and are reused here: answers are compared as
+`scoring.shapes_qa` does (lower case, surrounding punctuation and a leading article removed), and
+the yes/no tables are `scoring.pope`'s. One difference is kept on purpose: here a yes/no answer
+counts by its first word ("Yes, there is" is a yes) and anything else counts as "no", whereas the
+`shapes_pope` task's scorer reads only an exact "yes"/"no" (lmms-eval's rule). The absent-object
 rate is the share of objects a caption names (`<colour> <shape>` mentions) that are not in the
 scene, and the share of captions naming at least one (object- and caption-level, CHAIR-style).
 """
@@ -10,18 +13,17 @@ scene, and the share of captions naming at least one (object- and caption-level,
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 from omnivision.data.records import QAItem
+from omnivision.eval.scoring import pope, shapes_qa
+from omnivision.eval.scoring.shapes_qa import normalise
 
 Answerer = Callable[[list[str], list[str]], list[str]]
 """(image paths, questions) -> answers."""
 
-
-def normalise(text: str) -> str:
-    text = text.strip().lower().strip(" .!?,;:")
-    return re.sub(r"^(a|an|the)\s+", "", text)
+__all__ = ["Answerer", "absent_object_rate", "mentioned_objects", "normalise", "pope_metrics",
+           "qa_accuracy", "yes_no"]
 
 
 def yes_no(text: str) -> str | None:
@@ -39,34 +41,32 @@ def _answers(answer: Answerer, items: Sequence[QAItem], batch: int) -> list[str]
 
 def qa_accuracy(answer: Answerer, items: Sequence[QAItem], batch: int = 32) -> dict[str, float]:
     """Exact-match accuracy per question type and overall."""
-    right, total = Counter(), Counter()
+    records = []
     for item, given in zip(items, _answers(answer, items, batch)):
-        total[item.qtype] += 1
-        right[item.qtype] += normalise(given) == normalise(item.answer)
-    out = {qtype: right[qtype] / total[qtype] for qtype in sorted(total)}
-    out["overall"] = sum(right.values()) / max(1, sum(total.values()))
+        record = {"answer": item.answer, "prediction": given, "qtype": item.qtype}
+        records.append({**record, "score": shapes_qa.score(record).score})
+    table = shapes_qa.aggregate(records)
+    out = {qtype: table[qtype]["accuracy"] for qtype in sorted(table) if qtype not in ("accuracy", "n")}
+    out["overall"] = table["accuracy"]
     return out
 
 
 def pope_metrics(answer: Answerer, items: Sequence[QAItem], batch: int = 32) -> dict[str, dict[str, float]]:
-    """Accuracy, precision, recall, F1 and yes-ratio per strategy (an unparsable answer counts as
-    'no', as POPE's scorer does)."""
-    groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    """Accuracy, precision, recall, F1 and yes-ratio (the share of predicted "yes") per strategy;
+    an answer whose first word is not "yes" counts as "no"."""
+    records = []
     for item, given in zip(items, _answers(answer, items, batch)):
-        groups[item.extra.get("strategy", "all")].append((yes_no(given) == "yes", item.answer == "yes"))
-    return {strategy: _binary(pairs) for strategy, pairs in sorted(groups.items())}
-
-
-def _binary(pairs: list[tuple[bool, bool]]) -> dict[str, float]:
-    tp = sum(p and t for p, t in pairs)
-    fp = sum(p and not t for p, t in pairs)
-    fn = sum(not p and t for p, t in pairs)
-    tn = len(pairs) - tp - fp - fn
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": (tp + tn) / len(pairs), "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": (tp + fp) / len(pairs), "n": float(len(pairs))}
+        read = "yes" if yes_no(given) == "yes" else "no"
+        record = {"answer": item.answer, "prediction": given,
+                  "category": item.extra.get("strategy", "all")}
+        records.append({**record, "parsed": read, "score": float(read == pope.truth(record))})
+    # every reading is "yes" or "no", so lmms-eval's and VLMEvalKit's tables agree here
+    table = pope.aggregate(records)
+    strategies = sorted({r["category"] for r in records})
+    return {s: {"accuracy": table[s]["accuracy"], "precision": table[s]["precision"],
+                "recall": table[s]["recall"], "f1": table[s]["f1_score"],
+                "yes_ratio": table[s]["pred_yes_ratio"], "n": float(table[s]["n"])}
+            for s in strategies}
 
 
 def mentioned_objects(caption: str, colors: Sequence[str], shapes: Sequence[str]) -> list[str]:
@@ -83,5 +83,5 @@ def absent_object_rate(captions: Sequence[str], scenes: Sequence[set[str]], colo
         named += len(objects)
         absent += len(missing)
         captions_with_absent += bool(missing)
-    return {"object_rate": absent / max(1, named), "caption_rate": captions_with_absent / max(1, len(captions)),
-            "objects_named": float(named)}
+    return {"object_rate": absent / max(1, named),
+            "caption_rate": captions_with_absent / max(1, len(captions)), "objects_named": float(named)}

@@ -6,7 +6,10 @@
 4. Pretrain the vision tower with the SigLIP sigmoid loss on captions and short descriptions
    (`recipe_siglip.py`).
 5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`).
-6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`).
+6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`); projector and decoder learn,
+   the tower stays as pretrained. Trained along at the same rate, the tower lost what it had of
+   colour (its share of an object's feature variance fell from 21 % to 1 %, measured with
+   `scripts/nano_features.py`) and colour answers stayed at chance.
 7. Stage 3: the stage-2 model answers, the ground-truth oracle makes minimal corrections, DPO on the
    kept pairs (`make_pairs.py`, `recipe_dpo.py`).
 
@@ -224,7 +227,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     run_sft(SFTConfig(model=str(out / "runs" / "align" / "model"), data=str(data / "sft.json"), images=str(data),
                       train=_train_cfg(out / "runs" / "sft", _steps(cfg.sft_steps, s), 2e-3, cfg.batch_size,
                                        cfg.seed, warmup=50),
-                      trainable=["vision", "projector", "language"], cache_images=True))
+                      trainable=["projector", "language"], cache_images=True))
     stage2 = load(out / "runs" / "sft" / "model", dtype="float32")
     report["stages"]["2-sft"] = evaluate(stage2, held_out)
     lap("stage 2")

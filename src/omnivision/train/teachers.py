@@ -1,9 +1,9 @@
 """Teachers for minimal-edit DPO: given a prompt and the model's answer, return the smallest
 correction that makes the answer right (or the answer unchanged when it is already right).
 
-- `EndpointTeacher`: any OpenAI-compatible chat-completions endpoint, with the minimal-edit
-  instruction below, a timeout, bounded retries with backoff, and a thread pool for concurrency.
-  The API key is read from an environment variable, never from a file or the command line.
+- `EndpointTeacher`: any OpenAI-compatible chat-completions endpoint (through
+  `omnivision.endpoint.ChatClient`: timeout, bounded retries with backoff, key from an environment
+  variable), with the minimal-edit instruction below and a thread pool for concurrency.
 - `OracleTeacher`: knows the ground-truth answer (procedural data) and returns it when the model's
   answer differs, which is the minimal edit for short answers.
 
@@ -13,14 +13,11 @@ dropped and counted by the caller.
 
 from __future__ import annotations
 
-import json
-import os
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, Sequence
+
+from omnivision.endpoint import ChatClient, EndpointError, user_message
 
 MINIMAL_EDIT_INSTRUCTION = (
     "You correct answers about images with the smallest possible edit.\n"
@@ -71,46 +68,20 @@ class EndpointTeacher:
                  retries: int = 3, concurrency: int = 4, backoff: float = 1.0) -> None:
         if retries < 0 or concurrency < 1 or timeout <= 0:
             raise ValueError("retries must be >= 0, concurrency >= 1 and timeout > 0")
-        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
-                                      else "/chat/completions")
-        self.model, self.timeout, self.retries = model, timeout, retries
-        self.concurrency, self.backoff = concurrency, backoff
-        self.api_key = os.environ.get(api_key_env)
+        self.client = ChatClient(url, api_key_env, timeout=timeout, retries=retries, backoff=backoff)
+        self.model, self.concurrency = model, concurrency
 
-    def _request(self, item: TeacherItem) -> dict:
-        user: list[dict] = [{"type": "text", "text": f"Question: {item.prompt}\nAnswer: {item.answer}"
-                             + (f"\nReference answer: {item.reference}" if item.reference else "")}]
-        if item.image_url:
-            user.insert(0, {"type": "image_url", "image_url": {"url": item.image_url}})
-        return {"model": self.model, "temperature": 0,
-                "messages": [{"role": "system", "content": MINIMAL_EDIT_INSTRUCTION},
-                             {"role": "user", "content": user}]}
-
-    def _post(self, body: dict) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            reply = json.loads(response.read())
-        content = reply["choices"][0]["message"]["content"]
-        if not isinstance(content, str):
-            raise ValueError("the reply has no text content")
-        return content.strip()
+    def _messages(self, item: TeacherItem) -> list[dict]:
+        text = (f"Question: {item.prompt}\nAnswer: {item.answer}"
+                + (f"\nReference answer: {item.reference}" if item.reference else ""))
+        user = user_message(text, [item.image_url] if item.image_url else (), as_parts=True)
+        return [{"role": "system", "content": MINIMAL_EDIT_INSTRUCTION}, user]
 
     def _correct_one(self, item: TeacherItem) -> str | None:
-        body = self._request(item)
-        for attempt in range(self.retries + 1):
-            try:
-                return self._post(body)
-            except urllib.error.HTTPError as e:
-                if e.code not in (408, 409, 429) and e.code < 500:
-                    return None  # a client error will not go away by retrying
-            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError):
-                pass
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2 ** attempt)
-        return None
+        try:
+            return self.client.complete(self.model, self._messages(item), temperature=0).text.strip()
+        except EndpointError:
+            return None  # dropped and counted by the caller
 
     def correct(self, items: Sequence[TeacherItem]) -> list[str | None]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

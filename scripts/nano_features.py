@@ -1,0 +1,95 @@
+"""How much of what the decoder sees of an object is its colour, and how much its shape.
+
+    python scripts/nano_features.py MODEL DATA [--scenes 1500]
+
+MODEL is a model with the `spatial3x3` projector (the nano model, or any stage of the nano recipe);
+DATA a folder written by `omnivision data shapes` at the model's image size. For every object of the
+shapes scenes it takes the image token of the object's grid cell, at two points: the vision tower's
+features of the cell (its 3x3 patches, concatenated) and the projector's output, and prints for
+colour and for shape:
+
+- the between-class share of the variance (how far the class means lie apart, relative to all the
+  variation of the token): the decoder learns to read an attribute slowly when this is small;
+- the held-out accuracy of a linear probe (softmax regression on standardised features, 80/20
+  split): whether the attribute is there at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from omnivision.data.shapes import POSITIONS
+from omnivision.loader import load
+from omnivision.model.projector import spatial3x3
+from omnivision.train.image_batches import ImageLoader
+
+
+@torch.no_grad()
+def object_tokens(model_dir: str, data: Path, n_scenes: int):
+    """Per object: (tower features of its cell [9*D_v], projector output [D], colour, shape)."""
+    vlm = load(model_dir, dtype="float32")
+    model, loader = vlm.model, ImageLoader(vlm.config, data, cache=False)
+    if model.projector.compression != "spatial3x3":
+        raise SystemExit("error: needs a model with the spatial3x3 projector (one token per grid cell)")
+    scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
+    scenes = [s for s in scenes if s["kind"] == "shapes"][:n_scenes]
+    tower, projected, colours, shapes = [], [], [], []
+    for start in range(0, len(scenes), 64):
+        chunk = scenes[start:start + 64]
+        features = model.vision(torch.stack([loader(s["image"]) for s in chunk]))  # [B, 81, D_v]
+        cells = spatial3x3(features)  # [B, 9, 9*D_v]
+        out = model.projector(features)  # [B, 9, D]
+        for b, scene in enumerate(chunk):
+            for o in scene["objects"]:
+                cell = POSITIONS.index(o["position"])
+                tower.append(cells[b, cell])
+                projected.append(out[b, cell])
+                colours.append(o["color"])
+                shapes.append(o["shape"])
+    return torch.stack(tower), torch.stack(projected), colours, shapes
+
+
+def between_share(x: torch.Tensor, labels: list[str]) -> float:
+    """Share of the total variance of x [N, D] explained by the class means."""
+    x = x.double() - x.double().mean(0)
+    between = sum(x[[i for i, v in enumerate(labels) if v == k]].mean(0).pow(2).sum() * labels.count(k)
+                  for k in set(labels))
+    return float(between / x.pow(2).sum())
+
+
+def probe_accuracy(x: torch.Tensor, labels: list[str], steps: int = 300) -> float:
+    """Held-out accuracy of softmax regression on standardised features (last 20 % held out)."""
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(v) for v in labels])
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    split = int(0.8 * len(y))
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x.shape[1], len(classes))
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe(x[:split]), y[:split]).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((probe(x[split:]).argmax(1) == y[split:]).float().mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("data", type=Path)
+    p.add_argument("--scenes", type=int, default=1500)
+    args = p.parse_args()
+    tower, projected, colours, shapes = object_tokens(args.model, args.data, args.scenes)
+    print(f"{len(colours)} objects; between-class share of variance / linear-probe accuracy")
+    for name, x in (("tower (cell, 3x3 patches)", tower), ("projector output", projected)):
+        print(f"{name:27} colour {between_share(x, colours):6.1%} / {probe_accuracy(x, colours):6.1%}"
+              f"   shape {between_share(x, shapes):6.1%} / {probe_accuracy(x, shapes):6.1%}")
+
+
+if __name__ == "__main__":
+    main()

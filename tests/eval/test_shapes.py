@@ -1,0 +1,77 @@
+"""The nano-model scorer (`eval/shapes.py`), now built on the benchmark scorers, keeps its own
+results: accuracy per question type, and POPE tables where an answer counts by its first word and
+anything unreadable counts as "no". Expected values are worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from omnivision.data.records import QAItem
+from omnivision.eval.scoring import pope
+from omnivision.eval.shapes import pope_metrics, qa_accuracy, yes_no
+
+
+def answerer(predictions: list[str], calls: list[int]):
+    """Answers in order; records the size of each batch it is asked."""
+    it = iter(predictions)
+
+    def answer(images, questions):
+        assert len(images) == len(questions)
+        calls.append(len(questions))
+        return [next(it) for _ in questions]
+    return answer
+
+
+def qa(n: int, answer: str, qtype: str) -> QAItem:
+    return QAItem(str(n), "images/0.png", "q?", answer, qtype)
+
+
+def probe(n: int, answer: str, strategy: str) -> QAItem:
+    return QAItem(str(n), "images/0.png", "Is there a red circle?", answer, "pope",
+                  {"strategy": strategy, "object": "red circle"})
+
+
+def test_qa_accuracy_per_type_and_overall():
+    items = [qa(0, "red", "color"), qa(1, "blue", "color"), qa(2, "3", "count"),
+             qa(3, "circle", "shape"), qa(4, "top left", "position")]
+    calls: list[int] = []
+    out = qa_accuracy(answerer(["Red.", "green", "3", "A circle", "left"], calls), items, batch=2)
+    # color 1 of 2, count 1 of 1, shape 1 of 1, position 0 of 1: overall 3 of 5
+    assert out == {"color": 0.5, "count": 1.0, "position": 0.0, "shape": 1.0, "overall": 0.6}
+    assert list(out) == ["color", "count", "position", "shape", "overall"]
+    assert calls == [2, 2, 1]
+    assert qa_accuracy(answerer([], []), []) == {"overall": 0.0}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("yes", "yes"), ("Yes, there is.", "yes"), ("NO!", "no"), ("no yes", "no"),
+    ("maybe yes", None), ("nope", None), ("", None), ("... yes", "yes"),
+])
+def test_yes_no_reads_the_first_word(text, expected):
+    assert yes_no(text) == expected
+
+
+def test_pope_metrics_first_word_rule():
+    items = [probe(0, "yes", "random"), probe(1, "yes", "random"), probe(2, "no", "random"),
+             probe(3, "no", "random"), probe(4, "yes", "adversarial"), probe(5, "no", "adversarial")]
+    answers = ["Yes, there is.",  # yes on yes: TP
+               "I think so",  # unreadable on yes: a "no", FN
+               "maybe",  # unreadable on no: a "no", TN (right)
+               "yes",  # yes on no: FP
+               "no", "No."]  # adversarial: FN, TN
+    out = pope_metrics(answerer(answers, []), items, batch=4)
+    assert set(out) == {"random", "adversarial"}
+    # random: TP 1, FN 1, TN 1, FP 1
+    assert out["random"] == pytest.approx({"accuracy": 0.5, "precision": 0.5, "recall": 0.5,
+                                           "f1": 0.5, "yes_ratio": 0.5, "n": 4.0})
+    # adversarial: FN 1, TN 1; no "yes" predicted, so precision, recall and F1 are 0/0 -> 0
+    assert out["adversarial"] == pytest.approx({"accuracy": 0.5, "precision": 0.0, "recall": 0.0,
+                                                "f1": 0.0, "yes_ratio": 0.0, "n": 2.0})
+
+
+def test_first_word_rule_differs_from_the_shapes_pope_scorer():
+    """"Yes, there is." is a yes here but nothing under lmms-eval's exact rule (see the report)."""
+    out = pope_metrics(answerer(["Yes, there is."], []), [probe(0, "yes", "popular")])
+    assert out["popular"]["accuracy"] == 1.0
+    record = {"answer": "yes", "prediction": "Yes, there is.", "category": "popular"}
+    assert pope.score(record, "lmms-eval").score == 0.0
