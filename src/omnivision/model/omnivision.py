@@ -40,7 +40,7 @@ class OmniVisionModel(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C, H, W] -> image embeddings [N, num_image_tokens, D_text]."""
         features = self.vision(pixel_values.to(self.vision.embeddings.patch_embedding.weight.dtype))
-        return self.projector(features.to(self.projector[0].weight.dtype))
+        return self.projector(features.to(self.dtype))
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] (+ image_embeds [N, K, D]) -> input embeddings [B, T, D].
@@ -71,7 +71,7 @@ class OmniVisionModel(nn.Module):
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
         elif vision_features is not None:
-            image_embeds = self.projector(vision_features.to(self.projector[0].weight.dtype))
+            image_embeds = self.projector(vision_features.to(self.dtype))
         embeds = self.embed(input_ids, image_embeds)
         if position_ids is None:
             position_ids = default_positions(input_ids.shape[0], input_ids.shape[1], key_valid,

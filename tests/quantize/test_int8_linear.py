@@ -1,0 +1,55 @@
+"""Int8Linear: round-trip bound, packed-kernel forward against the dequantised reference, buffers."""
+
+import pytest
+import torch
+from torch import nn
+
+from omnivision.quantize import Int8Linear
+from omnivision.quantize.int8_linear import quantize_int8
+
+
+def test_round_trip_within_half_a_step():
+    w = torch.randn(24, 40) * torch.logspace(-3, 1, 24)[:, None]  # rows of very different scale
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    q, scales = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    # symmetric per-row rounding: each element is off by at most half a step of its own row
+    err = (w - q.float() * scales[:, None]).abs()
+    assert (err <= scales[:, None] / 2 * (1 + 1e-6)).all()
+    # the row maximum maps to +-127 exactly (scale = max|w| / 127)
+    assert torch.equal(q[0].abs().max(), torch.tensor(127, dtype=torch.int8))
+    assert (q[3] == 0).all()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float32, 2e-2)])
+def test_kernel_forward_matches_dequantised_matmul(dtype, tol):
+    linear = nn.Linear(64, 48)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(2, 5, 64)
+    # fp32 activations also run the kernel in bf16 (see the module docstring): bf16 tolerance for both
+    ref = x @ layer.dequantize().t() + linear.bias.detach()  # fp32 reference
+    out = layer(x.to(dtype))
+    assert out.dtype == dtype and out.shape == (2, 5, 48)
+    assert torch.allclose(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_fallback_path_and_no_bias():
+    linear = nn.Linear(32, 16, bias=False)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(3, 32, dtype=torch.float64)  # float64 is not a kernel dtype: dequantise path
+    assert layer.bias is None
+    assert torch.allclose(layer(x), x @ layer.dequantize(torch.float64).t())
+    # and int8 is close to the original layer: error per output <= sum_k |x_k| * scale/2
+    bound = x.abs().sum(-1, keepdim=True) * layer.scales.double() / 2
+    assert ((layer(x) - linear(x.float()).double()).abs() <= bound + 1e-6).all()
+
+
+def test_state_dict_holds_int8_and_reloads():
+    layer = Int8Linear.from_linear(nn.Linear(32, 16))
+    sd = layer.state_dict()
+    assert sd["qweight"].dtype == torch.int8 and sd["scales"].shape == (16,)
+    fresh = Int8Linear(32, 16)
+    x = torch.randn(4, 32)
+    fresh(x)  # caches bf16 placeholder scales; loading must invalidate that cache
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh(x), layer(x))
