@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.cli import chat, convert, data, info, init, run, train, verify_release
+from omnivision.cli import chat, convert, data, info, init, quantize, run, train, verify_release
 from omnivision.cli import eval as eval_command  # the module name shadows the builtin
 
 COMMANDS = {
@@ -23,6 +23,7 @@ COMMANDS = {
     "data": data,
     "train": train,
     "eval": eval_command,
+    "quantize": quantize,
 }
 
 

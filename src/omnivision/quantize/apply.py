@@ -7,6 +7,9 @@ directly). The output head also stays: `Qwen2ForCausalLM.logits` reads `lm_head.
 tied embedding) directly, so a separate `lm_head` Linear is skipped and listed in `skipped`. For int4,
 a layer whose in_features the requested group size does not divide uses the largest smaller allowed
 group size that does; a layer that no allowed group size divides stays unquantized (`skipped`).
+
+The summary is also kept on the model as `model.quantization`, so that `save_native` can record it and
+a loaded checkpoint rebuilds the same layers (`quantize.checkpoint`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 
 from omnivision.quantize.int4_linear import Int4Linear, fitting_group_size
 from omnivision.quantize.int8_linear import Int8Linear
-from omnivision.quantize.scheme import QuantScheme, parse_parts, parse_scheme
+from omnivision.quantize.scheme import QuantScheme, SchemeError, parse_parts, parse_scheme
 
 _OUTPUT_HEAD = "language.lm_head"
 
@@ -52,6 +55,10 @@ def quantize_model(model: nn.Module, scheme: str | QuantScheme,
     """Replace, in place, the nn.Linear layers of `parts` of an OmniVisionModel; returns a summary."""
     scheme = parse_scheme(scheme)
     parts = parse_parts(parts)
+    previous = getattr(model, "quantization", None)
+    if previous is not None and previous.scheme != scheme.name:
+        # one scheme per model: a checkpoint records a single scheme to rebuild the layers with
+        raise SchemeError(f"the model is already quantized with {previous.scheme}, not {scheme.name}")
     summary = QuantSummary(scheme.name, parts)
     for part in parts:
         root = getattr(model, part)
@@ -71,4 +78,16 @@ def quantize_model(model: nn.Module, scheme: str | QuantScheme,
             summary.layers += 1
             summary.bytes_before += _tensor_bytes(linear)
             summary.bytes_after += _tensor_bytes(new)
+    model.quantization = _merged(previous, summary)
     return summary
+
+
+def _merged(previous: QuantSummary | None, new: QuantSummary) -> QuantSummary:
+    """What the model holds after `new` was applied on top of `previous` (same scheme)."""
+    if previous is None:
+        return new
+    parts = tuple(dict.fromkeys(previous.parts + new.parts))
+    skipped = [s for s in previous.skipped if s.split(".")[0] not in new.parts] + new.skipped
+    return QuantSummary(new.scheme, parts, previous.layers + new.layers,
+                        previous.bytes_before + new.bytes_before, previous.bytes_after + new.bytes_after,
+                        skipped)

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from omnivision.config import OmniVisionConfig
 from omnivision.model import OmniVisionModel
 from omnivision.processing.tokenizer import Tokenizer
+from omnivision.quantize.checkpoint import apply_recorded, quantization_metadata
 from omnivision.weights.errors import CheckpointError
 from omnivision.weights.safetensors_check import check_safetensors
 
@@ -50,8 +51,8 @@ def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.Path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        meta = {**(extra or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": model.config.to_dict()}
+        meta = {**(extra or {}), **quantization_metadata(model), "format": FORMAT,
+                "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         state = {k: v.detach().contiguous() for k, v in (state or model.state_dict()).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -128,10 +129,14 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(source, f"tensor {name!r} has shape {tuple(tensor.shape)}, "
                                   f"the config needs {tuple(expected[name].shape)}")
-        if not tensor.is_floating_point():
+        want = expected[name].dtype
+        if want.is_floating_point and not tensor.is_floating_point():
             raise CheckpointError(source, f"tensor {name!r} has non-float dtype {tensor.dtype}")
+        if not want.is_floating_point and tensor.dtype != want:  # a quantized layer's integer codes
+            raise CheckpointError(source, f"tensor {name!r} has dtype {tensor.dtype}, the model needs {want}")
     if dtype is not None:
-        state = {k: v if v.dtype == dtype else v.to(dtype) for k, v in state.items()}
+        state = {k: v if v.dtype == dtype or not v.is_floating_point() else v.to(dtype)
+                 for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
 
 
@@ -142,6 +147,7 @@ def load_native(path: str | os.PathLike, dtype: torch.dtype | None = None
     config = read_config(path)
     with torch.device("meta"):
         model = OmniVisionModel(config)
+        apply_recorded(model, path / CONFIG)  # quantized layers, if the checkpoint has them
     load_state(model, mmap_safetensors(path / WEIGHTS), path / WEIGHTS, dtype)
     tok_file = path / TOKENIZER
     if not tok_file.is_file():

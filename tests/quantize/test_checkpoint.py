@@ -1,0 +1,95 @@
+"""Quantized native checkpoints: save/load round trip, recorded metadata, bad metadata and tensors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from omnivision.processing.byte_tokenizer import byte_level_tokenizer
+from omnivision.quantize import Int4Linear, Int8Linear, quantize_model
+from omnivision.weights.errors import CheckpointError
+from omnivision.weights.native import load_native, save_native
+
+
+def _ids(model):
+    torch.manual_seed(1)
+    return torch.randint(0, 256, (2, 12))
+
+
+@pytest.mark.parametrize("scheme, layer", [("int8", Int8Linear), ("int4-g32", Int4Linear)])
+def test_round_trip_gives_identical_logits(tiny_model, tmp_path, scheme, layer):
+    summary = quantize_model(tiny_model, scheme, ("language", "projector"))
+    out = save_native(tiny_model, byte_level_tokenizer(), tmp_path / "q")
+    loaded, _ = load_native(out, torch.float32)
+    assert sum(isinstance(m, layer) for m in loaded.modules()) == summary.layers > 0
+    # the vision part was not chosen, so it keeps plain Linear layers
+    assert not any(isinstance(m, (Int8Linear, Int4Linear)) for m in loaded.vision.modules())
+    ids = _ids(tiny_model)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), tiny_model(ids))
+    # integer codes were stored as integers, not widened to floats
+    stored = load_file(out / "model.safetensors")
+    assert {t.dtype for k, t in stored.items() if k.endswith("qweight")} == \
+        {torch.int8 if scheme == "int8" else torch.uint8}
+
+
+def test_config_records_scheme_parts_and_skipped(tiny_model, tmp_path):
+    summary = quantize_model(tiny_model, "int8", ("language",))
+    saved = save_native(tiny_model, byte_level_tokenizer(), tmp_path / "q")
+    meta = json.loads((saved / "config.json").read_text())
+    assert meta["quantization"] == {"scheme": "int8", "parts": ["language"], "skipped": summary.skipped}
+
+
+def test_plain_checkpoint_has_no_quantization_entry(tiny_model, tmp_path):
+    saved = save_native(tiny_model, byte_level_tokenizer(), tmp_path / "p")
+    meta = json.loads((saved / "config.json").read_text())
+    assert "quantization" not in meta
+
+
+def _edit_config(path, change):
+    file = path / "config.json"
+    meta = json.loads(file.read_text())
+    change(meta["quantization"])
+    file.write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def saved_int8(tiny_model, tmp_path):
+    quantize_model(tiny_model, "int8", ("language",))
+    return save_native(tiny_model, byte_level_tokenizer(), tmp_path / "q")
+
+
+def test_unknown_scheme_is_a_clear_error(saved_int8):
+    _edit_config(saved_int8, lambda q: q.update(scheme="int3"))
+    with pytest.raises(CheckpointError, match="quantization.*int3"):
+        load_native(saved_int8)
+
+
+def test_malformed_entry_is_a_clear_error(saved_int8):
+    _edit_config(saved_int8, lambda q: q.update(parts="language"))
+    with pytest.raises(CheckpointError, match="'parts' list"):
+        load_native(saved_int8)
+
+
+def test_scheme_that_does_not_match_the_tensors_is_an_error(saved_int8):
+    # int4 layers want uint8 qweight [N, K/2] and scales/zeros; the file holds int8 [N, K]
+    _edit_config(saved_int8, lambda q: q.update(scheme="int4-g32"))
+    with pytest.raises(CheckpointError, match="do not match|shape|dtype"):
+        load_native(saved_int8)
+
+
+def test_float_tensor_in_place_of_codes_is_an_error(saved_int8):
+    file = saved_int8 / "model.safetensors"
+    state = load_file(file)
+    name = next(k for k in state if k.endswith("qweight"))
+    state[name] = state[name].float()
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError, match=f"{name}.*float32.*int8"):
+        load_native(saved_int8)
+
+
+def test_quantizing_again_with_another_scheme_is_refused(tiny_model):
+    quantize_model(tiny_model, "int8", ("language",))
+    with pytest.raises(ValueError, match="already quantized with int8"):
+        quantize_model(tiny_model, "int4", ("vision",))
