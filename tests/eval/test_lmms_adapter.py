@@ -10,6 +10,7 @@ import importlib
 import sys
 import tomllib
 from importlib.metadata import EntryPoint
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -113,9 +114,9 @@ class FakeVLM:
         self.batches.append((list(images), list(prompts), max_new_tokens))
         return [f"  answer to {p}  \n\nand more" for p in prompts]
 
-    def chat(self, image, prompt, **kwargs):
+    def answer(self, image, prompt, **kwargs):
         self.sampled.append((image, prompt, kwargs))
-        return "sampled"
+        return SimpleNamespace(text=" sampled ")
 
 
 @pytest.fixture
@@ -191,7 +192,11 @@ def test_sampling_requests(adapter, fake_load):
     assert m.generate_until([request("q", kwargs, 0)]) == ["sampled"]
     [(img, prompt, settings)] = m.vlm.sampled
     assert prompt == "q" and img.getpixel((0, 0)) == (255, 0, 0)
+    seed = settings.pop("seed")
     assert settings == {"stop": ("\n",), "max_new_tokens": 5, "temperature": 0.7, "top_p": 0.9}
+    m.generate_until([request("q", kwargs, 0)])
+    assert m.vlm.sampled[-1][2]["seed"] == seed  # seeded per request: a rerun samples the same
+    m.vlm.sampled.pop()
     # a temperature without do_sample is greedy (MM-Vet's YAML: temperature 0.2, do_sample false)
     m.generate_until([request("q", {**kwargs, "do_sample": False}, 0)])
     assert len(m.vlm.sampled) == 1 and m.vlm.batches[-1][2] == 5

@@ -18,8 +18,9 @@ the images come from the task's `doc_to_visual`; OmniVision has one image slot, 
 is used (a text-only request gets none), with the context as the single user turn of our chat
 template. Decoding is greedy unless a task asks for sampling (`Generation.samples`, the rule our own
 runner uses: `do_sample` with a temperature above 0). The answer is cut at the earliest of the
-task's `until` strings and stripped (`tasks.base.cut_at_stop`). Greedy requests
-run in batches of `batch_size` that share `max_new_tokens`.
+task's `until` strings and stripped. Requests become `Sample`s answered by the runner's
+`eval.models.LocalModel`, so both paths decode alike (sampled answers seeded per request); greedy
+requests run in batches of `batch_size` that share `max_new_tokens`.
 
 lmms-eval is optional and imported by this module only.
 """
@@ -27,7 +28,6 @@ lmms-eval is optional and imported by this module only.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -36,7 +36,8 @@ except ImportError as e:  # the module is only useful inside lmms-eval
     raise ImportError("omnivision.eval.lmms_adapter needs lmms-eval: "
                       "pip install 'omnivision[lmms-eval]'") from e
 
-from omnivision.eval.tasks.base import Generation, cut_at_stop
+from omnivision.eval.models import LocalModel
+from omnivision.eval.tasks.base import Generation, Sample
 
 MODEL_NAME = "omnivision"
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's own model wrappers use when a task sets none
@@ -50,18 +51,6 @@ def manifest():
     return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.OmniVisionLMMs")
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """One request turned into what our runtime takes."""
-
-    image: Any  # a PIL image or None
-    prompt: str
-    max_new_tokens: int
-    until: tuple[str, ...]
-    temperature: float  # 0 for greedy decoding
-    top_p: float
-
-
 def _until(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -72,20 +61,20 @@ def _until(value: Any) -> tuple[str, ...]:
     raise ValueError(f"gen_kwargs 'until' must be a string or a list of strings, got {value!r}")
 
 
-def prepare(context: str, gen_kwargs: dict, visuals: Any) -> Prepared:
-    """The image, prompt and decoding settings of one `generate_until` request."""
+def prepare(context: str, gen_kwargs: dict, visuals: Any, task: str = "", doc_id: Any = 0) -> Sample:
+    """One `generate_until` request as the sample our runner's `LocalModel` answers."""
     if not isinstance(context, str):
         raise ValueError(f"expected the request context to be text, got {type(context).__name__}")
     if int(gen_kwargs.get("num_beams") or 1) != 1:
         raise ValueError(f"beam search is not supported (num_beams={gen_kwargs['num_beams']})")
+    # YAMLs write top_p 0 (or leave it out) next to greedy settings: no nucleus cut-off then
     gen = Generation(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
                      temperature=float(gen_kwargs.get("temperature") or 0.0),
                      do_sample=bool(gen_kwargs.get("do_sample", False)),
+                     top_p=float(gen_kwargs.get("top_p") or 1.0),
                      until=_until(gen_kwargs.get("until")))
-    # YAMLs write top_p 0 (or leave it out) next to greedy settings: no nucleus cut-off then
-    top_p = float(gen_kwargs.get("top_p") or 1.0)
-    return Prepared(_first_image(visuals), context, gen.max_new_tokens, gen.until,
-                    gen.temperature if gen.samples else 0.0, top_p)
+    image = _first_image(visuals)
+    return Sample(task, str(doc_id), [image] if image is not None else [], context, gen)
 
 
 def _first_image(visuals: Any):
@@ -132,34 +121,26 @@ class OmniVisionLMMs(lmms):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.vlm = load(pretrained or BUNDLED, device=device, dtype=dtype, gguf_type=gguf_type,
                         mmproj=mmproj)
+        self.model = LocalModel(self.vlm, source=pretrained)
 
-    def _prepared(self, request) -> Prepared:
+    def _sample(self, request) -> Sample:
         args = request.args
         if len(args) != 6:
             raise ValueError(f"expected generate_until arguments {_ARGS}, got {len(args)} values")
         context, gen_kwargs, doc_to_visual, doc_id, task, split = args
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-        return prepare(context, dict(gen_kwargs or {}), visuals)
-
-    def _generate(self, batch: list[Prepared]) -> list[str]:
-        if batch[0].temperature > 0:  # sampling: one at a time, stopping at the stop strings
-            return [self.vlm.chat(p.image, p.prompt, stop=p.until, max_new_tokens=p.max_new_tokens,
-                                  temperature=p.temperature, top_p=p.top_p) for p in batch]
-        # greedy: a stop string only ends the text early, so cutting afterwards gives the same
-        texts = self.vlm.answer_batch([p.image for p in batch], [p.prompt for p in batch],
-                                      max_new_tokens=batch[0].max_new_tokens)
-        return [cut_at_stop(t, p.until) for t, p in zip(texts, batch)]
+        return prepare(context, dict(gen_kwargs or {}), visuals, f"{task}/{split}", doc_id)
 
     def generate_until(self, requests) -> list[str]:
-        prepared = [self._prepared(r) for r in requests]
+        samples = [self._sample(r) for r in requests]
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for n, p in enumerate(prepared):
-            groups[(p.max_new_tokens, p.temperature > 0)].append(n)
-        out: list[str] = [""] * len(prepared)
+        for n, s in enumerate(samples):
+            groups[(s.generation.max_new_tokens, s.generation.samples)].append(n)
+        out: list[str] = [""] * len(samples)
         for indexes in groups.values():
             for start in range(0, len(indexes), self.batch_size):
                 chunk = indexes[start:start + self.batch_size]
-                for n, text in zip(chunk, self._generate([prepared[n] for n in chunk])):
+                for n, text in zip(chunk, self.model.predict([samples[n] for n in chunk])):
                     out[n] = text
         for request, text in zip(requests, out):
             self.cache_hook.add_partial("generate_until", request.args[:2], text)

@@ -72,20 +72,20 @@ class LocalModel:
 
     def predict(self, samples: Sequence[Sample]) -> list[str]:
         answers: list[str | None] = [None] * len(samples)
-        greedy: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        greedy: dict[int, list[int]] = {}  # max_new_tokens -> rows decoded together
         for i, sample in enumerate(samples):
             _check_supported(sample.generation)
             if sample.generation.samples:
                 answers[i] = self._sampled(sample)
             else:
-                gen = sample.generation
-                greedy.setdefault((gen.max_new_tokens, gen.until), []).append(i)
-        for (max_new_tokens, until), rows in greedy.items():
+                greedy.setdefault(sample.generation.max_new_tokens, []).append(i)
+        for max_new_tokens, rows in greedy.items():
             texts = self.vlm.answer_batch([self._image(samples[i]) for i in rows],
                                           [samples[i].prompt for i in rows],
                                           max_new_tokens=max_new_tokens)
             for i, text in zip(rows, texts):
-                answers[i] = cut_at_stop(text, until)
+                # greedy: a stop string only ends the text early, so cutting afterwards is the same
+                answers[i] = cut_at_stop(text, samples[i].generation.until)
         return answers
 
     @staticmethod
