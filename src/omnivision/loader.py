@@ -96,8 +96,12 @@ def download_release(repo_id: str) -> Path:
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu",
          dtype: str | torch.dtype | None = "auto", *, gguf_type: str | None = None,
-         mmproj: str | os.PathLike | None = None) -> OmniVision:
-    """Load a model from any supported source (see the module docstring)."""
+         mmproj: str | os.PathLike | None = None, keep_quantized: bool = False) -> OmniVision:
+    """Load a model from any supported source (see the module docstring).
+
+    `keep_quantized`: a GGUF language model in Q8_0 / Q4_0 loads into int8 / int4 layers instead of
+    being dequantized (`weights.gguf_quantized`); other sources ignore it.
+    """
     dtype = resolve_dtype(dtype, device)
     path = Path(source)
     if path.is_dir() and is_native(path):
@@ -105,14 +109,14 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu",
         note = f"native checkpoint {path}"
     elif path.is_dir() and any(path.glob("*.gguf")):
         files = find_release(path, gguf_type)
-        model, tokenizer = load_release(files, dtype)
+        model, tokenizer = load_release(files, dtype, keep_quantized)
         note = files.note
     elif path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(path, "not a model: give a checkpoint directory, a GGUF directory "
                                         "or a language-model .gguf file")
         files = _release_from_file(path, mmproj)
-        model, tokenizer = load_release(files, dtype)
+        model, tokenizer = load_release(files, dtype, keep_quantized)
         note = files.note
     elif path.exists():
         raise CheckpointError(path, "a directory with neither a native checkpoint (config.json, "
@@ -120,7 +124,7 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu",
     elif _REPO_ID.match(str(source)):
         folder = download_release(str(source))
         files = find_release(folder, gguf_type)
-        model, tokenizer = load_release(files, dtype)
+        model, tokenizer = load_release(files, dtype, keep_quantized)
         note = f"{source}: {files.note}"
     else:
         raise CheckpointError(source, "no such file or directory")

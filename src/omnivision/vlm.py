@@ -2,7 +2,8 @@
 
 The user-facing object that `omnivision.load` returns. It turns (image, prompt, history) into
 prompt ids and pixels by the model's own config (template, preprocessing), runs the generation loop
-and turns ids back into text. Image embeddings are not cached here yet.
+and turns ids back into text. Image embeddings are kept by pixel content (`embedding_cache`), so a
+second question about the same image skips the vision tower.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from omnivision.embedding_cache import ImageEmbeddingCache
 from omnivision.generation.generate import GenerationConfig, generate, generate_batch
 from omnivision.generation.sampling import SamplingConfig
 from omnivision.generation.text_stream import TextStream
@@ -40,13 +42,16 @@ class Turn:
 
 
 class OmniVision:
-    def __init__(self, model: OmniVisionModel, tokenizer: Tokenizer, note: str = "") -> None:
+    def __init__(self, model: OmniVisionModel, tokenizer: Tokenizer, note: str = "",
+                 cached_images: int = 16) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
         self.note = note
         """How the source was resolved (which files, which precision), for reporting."""
         self.image_processor = ImageProcessor(self.config.vision.image_size, self.config.processing)
+        self.image_cache = ImageEmbeddingCache(cached_images)
+        """Embeddings of the most recent images (0 turns caching off)."""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -68,6 +73,12 @@ class OmniVision:
                            self.config.num_image_tokens)
         return ids, images
 
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[ImageSource]) -> torch.Tensor:
+        """Projected embeddings [N, K, D] of the images, from the cache where possible."""
+        pixels = self.image_processor(images).to(self.model.device)
+        return self.image_cache.encode(pixels, self.model.encode_images)
+
     def _generation_config(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                            repetition_penalty: float, seed: int | None) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=max_new_tokens,
@@ -77,11 +88,7 @@ class OmniVision:
     def _stream(self, image, prompt, history, template, stop, gen_kwargs) -> tuple[TextStream, int]:
         gen = self._generation_config(**gen_kwargs)  # settings checked before any image work
         ids, images = self.prompt_ids(prompt, image, history, template)
-        embeds = None
-        if images:
-            pixels = self.image_processor(images)
-            with torch.inference_mode():
-                embeds = self.model.encode_images(pixels.to(self.model.device))
+        embeds = self.encode_images(images) if images else None
         tokens = generate(self.model, ids, embeds, gen)
         return TextStream(tokens, self.tokenizer, stop), len(ids)
 
@@ -119,9 +126,6 @@ class OmniVision:
         gen = self._generation_config(max_new_tokens, 0.0, 0, 1.0, 1.0, None)
         batch = [self.prompt_ids(p, im, (), template)[0] for im, p in zip(images, prompts)]
         present = [im for im in images if im is not None]
-        embeds = None
-        if present:
-            with torch.inference_mode():
-                embeds = self.model.encode_images(self.image_processor(present).to(self.model.device))
+        embeds = self.encode_images(present) if present else None
         out = generate_batch(self.model, batch, embeds, gen)
         return [strip_assistant_header(self.tokenizer.decode(ids)) for ids in out]

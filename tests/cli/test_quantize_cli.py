@@ -59,3 +59,36 @@ def test_bad_arguments_exit_2_with_an_error(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
+
+
+def _language_gguf(tmp_path):
+    import torch
+
+    from omnivision.config import preset
+    from omnivision.model import OmniVisionModel, init_weights
+    from omnivision.processing.byte_tokenizer import byte_level_tokenizer
+    from omnivision.weights.release_write import write_llm
+
+    torch.manual_seed(0)
+    model = OmniVisionModel(preset("tiny")).eval()
+    init_weights(model, std=0.3)
+    return write_llm(model, byte_level_tokenizer(), tmp_path / "llm.gguf", "F16")
+
+
+def test_language_only_check_on_a_language_model_gguf(tmp_path, capsys):
+    report = tmp_path / "check.json"
+    assert main(["quantize", str(_language_gguf(tmp_path)), "--check", "--language-only", "--scheme", "int8",
+                 "--head", "--max-new-tokens", "6", "--json", str(report)]) == 0
+    assert "output head quantized" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["parts"] == ["language"] and data["scheme"] == "int8"
+    check = data["check"]
+    assert check["probes"] == 12 and check["positions"] > 12
+    assert 0.8 <= check["top1_agreement"] <= 1.0 and 0 < check["mean_kl"] < 0.1
+
+
+def test_language_only_writes_nothing(tmp_path, capsys):
+    assert main(["quantize", str(_language_gguf(tmp_path)), str(tmp_path / "out"), "--check",
+                 "--language-only"]) == 2
+    assert "--language-only only checks" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

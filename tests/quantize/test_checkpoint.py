@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from omnivision.processing.byte_tokenizer import byte_level_tokenizer
 from omnivision.quantize import Int4Linear, Int8Linear, quantize_model
+from omnivision.quantize.embedding import QuantizedEmbedding
 from omnivision.weights.errors import CheckpointError
 from omnivision.weights.native import load_native, save_native
 
@@ -22,7 +23,8 @@ def test_round_trip_gives_identical_logits(tiny_model, tmp_path, scheme, layer):
     summary = quantize_model(tiny_model, scheme, ("language", "projector"))
     out = save_native(tiny_model, byte_level_tokenizer(), tmp_path / "q")
     loaded, _ = load_native(out, torch.float32)
-    assert sum(isinstance(m, layer) for m in loaded.modules()) == summary.layers > 0
+    # int4: the projector's 48-input layer no group size divides is stored int8 (`int8_fallback`)
+    assert sum(isinstance(m, layer) for m in loaded.modules()) == summary.layers - len(summary.int8_fallback) > 0
     # the vision part was not chosen, so it keeps plain Linear layers
     assert not any(isinstance(m, (Int8Linear, Int4Linear)) for m in loaded.vision.modules())
     ids = _ids(tiny_model)
@@ -31,14 +33,35 @@ def test_round_trip_gives_identical_logits(tiny_model, tmp_path, scheme, layer):
     # integer codes were stored as integers, not widened to floats
     stored = load_file(out / "model.safetensors")
     assert {t.dtype for k, t in stored.items() if k.endswith("qweight")} == \
-        {torch.int8 if scheme == "int8" else torch.uint8}
+        ({torch.int8} if scheme == "int8" else {torch.uint8, torch.int8})  # int8: the int4 fallback layer
 
 
 def test_config_records_scheme_parts_and_skipped(tiny_model, tmp_path):
     summary = quantize_model(tiny_model, "int8", ("language",))
     saved = save_native(tiny_model, byte_level_tokenizer(), tmp_path / "q")
     meta = json.loads((saved / "config.json").read_text())
-    assert meta["quantization"] == {"scheme": "int8", "parts": ["language"], "skipped": summary.skipped}
+    assert meta["quantization"] == {"scheme": "int8", "parts": ["language"], "skipped": summary.skipped,
+                                    "head": False}
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-g32"])
+def test_a_quantized_tied_head_round_trips(tiny_model, tmp_path, scheme):
+    quantize_model(tiny_model, scheme, ("language",), head=True)
+    saved = save_native(tiny_model, byte_level_tokenizer(), tmp_path / "q")
+    assert json.loads((saved / "config.json").read_text())["quantization"]["head"] is True
+    loaded, _ = load_native(saved)
+    assert isinstance(loaded.language.model.embed_tokens, QuantizedEmbedding)
+    ids = torch.tensor([[5, 17, 200, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), tiny_model(ids))
+        # loaded for bf16 compute, lookups come out in bf16 like the rest of the model
+        in_bf16, _ = load_native(saved, torch.bfloat16)
+        assert in_bf16.language.embed(ids).dtype == torch.bfloat16
+        assert in_bf16(ids).dtype == torch.bfloat16
+        # loaded for bf16 compute, lookups come out in bf16 like the rest of the model
+        in_bf16, _ = load_native(saved, torch.bfloat16)
+        assert in_bf16.language.embed(ids).dtype == torch.bfloat16
+        assert in_bf16(ids).dtype == torch.bfloat16
 
 
 def test_plain_checkpoint_has_no_quantization_entry(tiny_model, tmp_path):

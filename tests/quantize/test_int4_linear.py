@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 from omnivision.quantize import Int4Linear
-from omnivision.quantize.int4_linear import (fitting_group_size, pack_nibbles, quantize_int4,
-                                             unpack_nibbles)
+from omnivision.quantize.int4_linear import fitting_group_size, quantize_int4
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -26,28 +25,23 @@ def test_round_trip_within_half_a_step(group, symmetric):
         assert (q.view(16, -1, group).amin(-1) == 0).all() and (q.view(16, -1, group).amax(-1) == 15).all()
 
 
-def test_nibble_packing_round_trips_and_orders_high_first():
-    codes = torch.tensor([[1, 2, 15, 0]])
-    packed = pack_nibbles(codes)
-    assert packed.dtype == torch.uint8 and packed.tolist() == [[0x12, 0xF0]]
-    assert torch.equal(unpack_nibbles(packed), codes)
-
-
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float32, 2e-2)])
 @pytest.mark.parametrize("in_features, group", [(128, 32), (96, 32), (256, 128)])
 def test_kernel_forward_matches_dequantised_matmul(dtype, tol, in_features, group):
-    linear = nn.Linear(in_features, 32)  # 32 outputs: divisible by 16, so the packed kernel runs
+    linear = nn.Linear(in_features, 64)  # 64 outputs: the blocked layout, so the packed kernel runs
     layer = Int4Linear.from_linear(linear, group)
     x = torch.randn(3, 2, in_features)
     # fp32 activations also run the kernel in bf16 (see the module docstring): bf16 tolerance for both
     ref = x @ layer.dequantize().t() + linear.bias.detach()
     out = layer(x.to(dtype))
-    assert out.dtype == dtype and out.shape == (3, 2, 32)
+    assert layer._use_kernel(x.to(dtype))
+    assert out.dtype == dtype and out.shape == (3, 2, 64)
     assert torch.allclose(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
-def test_outputs_not_divisible_by_16_use_the_fallback():
-    linear = nn.Linear(64, 10, bias=False)
+@pytest.mark.parametrize("out_features", [10, 96])
+def test_outputs_not_divisible_by_64_use_the_fallback(out_features):
+    linear = nn.Linear(64, out_features, bias=False)
     layer = Int4Linear.from_linear(linear, 32, symmetric=True)
     x = torch.randn(4, 64)
     assert not layer._use_kernel(x)
@@ -64,12 +58,12 @@ def test_group_size_must_divide_in_features():
 
 
 def test_state_dict_holds_uint8_and_reloads():
-    layer = Int4Linear.from_linear(nn.Linear(128, 32), 64)
+    layer = Int4Linear.from_linear(nn.Linear(128, 64), 64)  # 64 rows: the kernel runs
     sd = layer.state_dict()
-    assert sd["qweight"].dtype == torch.uint8 and sd["qweight"].shape == (32, 64)
-    assert sd["scales"].shape == sd["zeros"].shape == (32, 2)
-    fresh = Int4Linear(128, 32, 64)
+    assert sd["qweight"].dtype == torch.uint8 and sd["qweight"].shape == (64, 64)
+    assert sd["scales"].shape == sd["zeros"].shape == (64, 2)
+    fresh = Int4Linear(128, 64, 64)
     x = torch.randn(2, 128)
-    fresh(x)  # packs the placeholder weights; loading must invalidate that cache
+    fresh(x)  # caches kernel scales for the placeholder weights; loading must invalidate that cache
     fresh.load_state_dict(sd)
     assert torch.equal(fresh(x), layer(x))

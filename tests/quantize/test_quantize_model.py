@@ -42,14 +42,15 @@ def test_int8_counts_sizes_and_skips(tiny_model):
     assert len(int8) == summary.layers and all(k.endswith("qweight") for k in int8)
 
 
-def test_int4_falls_back_or_skips_by_group(tiny_model):
+def test_int4_falls_back_to_a_smaller_group_or_to_int8(tiny_model):
     # tiny widths: vision 32, projector 288 -> 48 -> 64, text 64 / 128; requested group 256
     summary = quantize_model(tiny_model, "int4-g256", ("projector", "language"))
     assert tiny_model.projector[0].group_size == 32  # 288 = 9 * 32
     assert tiny_model.language.model.layers[0].mlp.down_proj.group_size == 128  # in_features 128
     assert tiny_model.language.model.layers[0].mlp.up_proj.group_size == 64
-    assert summary.skipped == ["projector.2"]  # 48 input features: no allowed group size divides it
-    assert isinstance(tiny_model.projector[2], nn.Linear)
+    # 48 input features: no allowed group size divides it, so it is stored int8 per output channel
+    assert summary.int8_fallback == ["projector.2"] and summary.skipped == []
+    assert isinstance(tiny_model.projector[2], Int8Linear)
     assert any(v.dtype == torch.uint8 for v in tiny_model.state_dict().values())
 
 
@@ -110,3 +111,30 @@ def test_a_quantized_model_answers_through_the_whole_image_path(tiny_model):
         after = tiny_model(ids, pixel_values=pixels)
     assert after.shape == before.shape
     assert (after - before).norm() / before.norm() < 0.05
+
+
+@pytest.mark.parametrize("scheme,bound_steps", [("int8", 0.5), ("int4-g32", 0.5)])
+def test_head_quantizes_the_tied_table_for_lookup_and_output(tiny_model, scheme, bound_steps):
+    from omnivision.quantize.embedding import QuantizedEmbedding
+
+    weight = tiny_model.language.model.embed_tokens.weight.detach().clone()  # [vocab, dim]
+    summary = quantize_model(tiny_model, scheme, ("language",), head=True)
+    embed = tiny_model.language.model.embed_tokens
+    assert isinstance(embed, QuantizedEmbedding) and summary.head
+    assert "language.model.embed_tokens" not in summary.skipped
+    table = embed.table.dequantize(torch.float32)
+    ids = torch.tensor([[0, 7, 300], [5, 5, 1]])
+    # a lookup is the dequantized rows, each within half a quantization step of the original
+    assert torch.equal(embed(ids), table[ids])
+    assert tiny_model.language.embed(ids).dtype == torch.float32
+    assert (table - weight).abs().max() <= embed.table.scales.max() * bound_steps * 2 + 1e-6
+    hidden = torch.randn(2, 3, weight.shape[1])
+    with torch.no_grad():
+        got = tiny_model.language.logits(hidden)
+    assert torch.allclose(got, hidden @ table.T, atol=2e-2 * float(hidden.abs().max() * table.abs().max()))
+    assert tiny_model.dtype == torch.float32  # read from a parameter that stays in full precision
+
+
+def test_without_head_the_table_stays_full_precision(tiny_model):
+    quantize_model(tiny_model, "int8", ("language",))
+    assert isinstance(tiny_model.language.model.embed_tokens, torch.nn.Embedding)

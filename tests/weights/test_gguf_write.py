@@ -195,7 +195,7 @@ def test_architecture_key_is_not_duplicated(tmp_path: Path) -> None:
         ({"k": {"a": 1}}, {}, "unsupported value type"),
         ({"k": 2**70}, {}, "64 bits"),
         ({"general.alignment": 48}, {}, "power of two"),
-        ({}, {"t": (torch.zeros(2), "Q4_0")}, "unsupported target type"),
+        ({}, {"t": (torch.zeros(2), "Q2_K")}, "unsupported target type"),
         ({}, {"t": (torch.zeros(()), "F32")}, "dimensions"),
         ({}, {"t": (torch.zeros(0, 3), "F32")}, "dimensions"),
         ({}, {"t": (torch.zeros(1, 1, 1, 1, 1), "F32")}, "dimensions"),

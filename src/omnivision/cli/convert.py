@@ -20,7 +20,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("source", nargs="?", help="any model source `omnivision run --model` accepts")
     p.add_argument("out", help="output directory")
     p.add_argument("--to", required=True, choices=["native", "gguf"])
-    p.add_argument("--dtype", help="gguf: F32, F16 (default) or Q8_0; native: float32 (default), "
+    p.add_argument("--dtype", help="gguf: F32, F16 (default), Q8_0 or Q4_0; native: float32 (default), "
                                    "bfloat16 or float16")
     p.add_argument("--from-hf", nargs=2, metavar=("VISION_DIR", "LANGUAGE_DIR"),
                    help="build from HF SigLIP and Qwen2.5 checkpoint directories instead of SOURCE")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.cli import chat, convert, data, info, init, quantize, run, train, verify_release
+from omnivision.cli import bench, chat, convert, data, info, init, quantize, run, train, verify_release
 from omnivision.cli import eval as eval_command  # the module name shadows the builtin
 
 COMMANDS = {
@@ -24,6 +24,7 @@ COMMANDS = {
     "train": train,
     "eval": eval_command,
     "quantize": quantize,
+    "bench": bench,
 }
 
 

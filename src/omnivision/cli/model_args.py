@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from omnivision.loader import BUNDLED, load
 from omnivision.weights.native import is_native
 from omnivision.vlm import OmniVision
@@ -20,6 +22,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmproj", help="the mmproj .gguf, when --model is a language-model .gguf file")
     p.add_argument("--gguf-type", help="which language-model GGUF to use when several are present "
                                        "(e.g. F16, Q8_0; default: the highest precision)")
+    p.add_argument("--keep-quantized", action="store_true",
+                   help="a Q8_0 / Q4_0 language-model GGUF loads into int8 / int4 layers instead of being "
+                        "dequantized (less memory, faster decoding)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default: torch's choice, the physical cores)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype (auto: bfloat16 where the CPU supports it natively)")
 
@@ -43,6 +50,10 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 
 
 def load_model(args: argparse.Namespace) -> OmniVision:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model is None and is_native(BUNDLED):
         return load(BUNDLED, dtype=args.dtype)
     if args.model is None:
@@ -53,7 +64,8 @@ def load_model(args: argparse.Namespace) -> OmniVision:
               "model, so the answer is noise", file=sys.stderr)
         tokenizer = byte_level_tokenizer()
         return OmniVision(random_model("tiny", tokenizer), tokenizer, note="random-weight tiny model")
-    model = load(args.model, dtype=args.dtype, gguf_type=args.gguf_type, mmproj=args.mmproj)
+    model = load(args.model, dtype=args.dtype, gguf_type=args.gguf_type, mmproj=args.mmproj,
+                 keep_quantized=args.keep_quantized)
     if args.gguf_type is not None or "highest precision" in model.note:
         print(f"note: {model.note}", file=sys.stderr)
     return model

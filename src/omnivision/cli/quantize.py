@@ -2,6 +2,7 @@
 
 `quantize SRC OUT --scheme S` writes the quantized checkpoint OUT; `--check` (with or without OUT)
 compares the quantized model with the unquantized one on a fixed probe set (`quantize.check`).
+`--check --language-only` does the comparison for a language-model GGUF alone, on text prompts.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from omnivision.loader import BUNDLED, load
 from omnivision.quantize import QuantSummary, parse_scheme, quantize_model
-from omnivision.quantize.check import CheckResult, check_quantized, probe_items
+from omnivision.model.qwen2 import LanguageOnly
+from omnivision.quantize.check import CheckResult, check_language_model, check_quantized, probe_items
 from omnivision.quantize.scheme import parse_parts
 from omnivision.weights.native import save_native
+from omnivision.weights.release_read import load_language_model
 
 
 def add_parser(sub, name: str) -> None:
@@ -26,11 +29,15 @@ def add_parser(sub, name: str) -> None:
                    help="int8, int4 or int4-g<32|64|128|256>[-sym] (default int8)")
     p.add_argument("--parts", default="language,projector,vision",
                    help="comma-separated model parts to quantize (default: all three)")
+    p.add_argument("--head", action="store_true",
+                   help="also quantize the output head (for a tied model: the shared embedding table)")
     p.add_argument("--check", action="store_true",
                    help="compare with the unquantized model: top-1 agreement and KL over greedy answers")
     p.add_argument("--scenes", type=int, default=6,
                    help="generated scenes in the --check probe set (default 6)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length in --check (default 48)")
+    p.add_argument("--language-only", action="store_true",
+                   help="SOURCE is a language-model .gguf alone (no mmproj): --check it on text prompts")
     p.add_argument("--json", metavar="FILE", help="also write the --check result and summary as JSON")
     p.set_defaults(handler=run)
 
@@ -39,7 +46,9 @@ def _print_summary(summary: QuantSummary) -> None:
     mib = 2 ** 20
     print(f"scheme {summary.scheme}, parts {','.join(summary.parts)}: {summary.layers} layers, "
           f"{summary.bytes_before / mib:.2f} MiB -> {summary.bytes_after / mib:.2f} MiB"
-          f" ({len(summary.skipped)} Linear layers left unquantized)")
+          f" ({len(summary.skipped)} Linear layers left unquantized"
+          f"{f', {len(summary.int8_fallback)} stored int8 (no int4 group size fits)' if summary.int8_fallback else ''}"
+          f"{'; output head quantized' if summary.head else ''})")
 
 
 def _print_check(result: CheckResult) -> None:
@@ -48,15 +57,34 @@ def _print_check(result: CheckResult) -> None:
           f"{100 * result.top1_agreement:>10.2f}% {result.mean_kl:>14.3g}")
 
 
+def _check_language_only(args: argparse.Namespace, scheme) -> int:
+    if args.out is not None or not args.check:
+        raise ValueError("--language-only only checks (give --check and no OUT)")
+    reference, tokenizer = load_language_model(args.source)  # fp32, as for the full model
+    quantized, _ = load_language_model(args.source)
+    summary = quantize_model(LanguageOnly(quantized), scheme, ("language",), head=args.head)
+    _print_summary(summary)
+    result = check_language_model(reference, quantized, tokenizer, summary.scheme,
+                                  max_new_tokens=args.max_new_tokens)
+    _print_check(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scheme": summary.scheme, "parts": ["language"],
+                                               "source": str(args.source), "check": result.as_dict()},
+                                              indent=2) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out is None and not args.check:
         raise ValueError("give an output directory OUT, --check, or both")
     if args.scenes < 1 or args.max_new_tokens < 1:
         raise ValueError("--scenes and --max-new-tokens must be at least 1")
     scheme, parts = parse_scheme(args.scheme), parse_parts(args.parts)  # checked before loading
+    if args.language_only:
+        return _check_language_only(args, scheme)
     # fp32, so that the check measures the quantization and not a bf16 reference
     vlm = load(args.source, dtype="float32")
-    summary = quantize_model(vlm.model, scheme, parts)
+    summary = quantize_model(vlm.model, scheme, parts, head=args.head)
     _print_summary(summary)
     if args.out is not None:
         print(f"wrote {save_native(vlm.model, vlm.tokenizer, args.out)}")

@@ -31,11 +31,11 @@ class OmniVisionModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.language.model.embed_tokens.weight.dtype
+        return self.language.model.norm.weight.dtype  # the embedding may be stored quantized
 
     @property
     def device(self) -> torch.device:
-        return self.language.model.embed_tokens.weight.device
+        return self.language.model.norm.weight.device
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C, H, W] -> image embeddings [N, num_image_tokens, D_text]."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from omnivision.model.linear import Linear
+
 
 def concat9(x: torch.Tensor) -> torch.Tensor:
     """[B, N, D] -> [B, N/9, 9D]: consecutive tokens 9g..9g+8 concatenated."""
@@ -46,9 +48,9 @@ class Projector(nn.Sequential):
 
     def __init__(self, compression: str, in_features: int, hidden: int, out_features: int) -> None:
         super().__init__(
-            nn.Linear(in_features, hidden),
+            Linear(in_features, hidden),
             nn.GELU(approximate="tanh"),
-            nn.Linear(hidden, out_features),
+            Linear(hidden, out_features),
         )
         self.compression = compression
 

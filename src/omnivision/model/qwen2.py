@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from omnivision.config import TextConfig
 from omnivision.model.kv_cache import KVCache
+from omnivision.model.linear import Linear, linear
 
 
 class RMSNorm(nn.Module):
@@ -60,10 +61,10 @@ class Qwen2Attention(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
+        self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -83,9 +84,9 @@ class Qwen2Attention(nn.Module):
 class Qwen2MLP(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -135,13 +136,14 @@ class Qwen2ForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Qwen2Model(cfg)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size,
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size,
                                                                        bias=False)
         self.gradient_checkpointing = False
         """Recompute each layer's activations in the backward pass (training memory for time)."""
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids)
+        # in the compute dtype (the norms'), also when the table is stored quantized
+        return self.model.embed_tokens(input_ids).to(self.model.norm.weight.dtype)
 
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
                 key_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
@@ -169,5 +171,18 @@ class Qwen2ForCausalLM(nn.Module):
         return self.model.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        embed = self.model.embed_tokens
+        if isinstance(embed, nn.Embedding):
+            return linear(hidden, embed.weight)
+        return embed.project(hidden)  # a quantized tied table (quantize.embedding.QuantizedEmbedding)
+
+
+class LanguageOnly(nn.Module):
+    """A decoder alone under the name `language`, so that state-dict names (`language.model...`) and
+    part-wise quantization (`quantize_model(..., parts=("language",))`) work as for the full model."""
+
+    def __init__(self, language: Qwen2ForCausalLM) -> None:
+        super().__init__()
+        self.language = language

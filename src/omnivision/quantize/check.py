@@ -8,12 +8,16 @@ Measure: the unquantized model answers each probe greedily; both models then rea
 answer (teacher forcing on the reference's own answer), and at every answer position we compare
 the next-token distributions: top-1 agreement (same argmax) and KL(unquantized || quantized) in nats,
 both pooled over all answer positions.
+
+`check_language_model` does the same for a decoder alone (a language-model GGUF without an mmproj),
+on a fixed set of text prompts in the ChatML template.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,10 @@ from PIL import Image
 from omnivision.data.generate import sample_scenes
 from omnivision.data.questions import CAPTION_PROMPT, questions_for
 from omnivision.data.scenes import render_scene
+from omnivision.model.kv_cache import KVCache
+from omnivision.model.qwen2 import Qwen2ForCausalLM
+from omnivision.processing.prompt import Message, build_inputs
+from omnivision.processing.tokenizer import Tokenizer
 from omnivision.vlm import OmniVision
 
 SCENE_PNG = Path(__file__).resolve().parents[3] / "assets" / "scene.png"
@@ -62,19 +70,83 @@ def _answer_logits(vlm: OmniVision, image: Image.Image, prompt: str, answer: lis
     return logits[len(ids) - 1: len(ids) + len(answer) - 1].float()
 
 
+class _Tally:
+    """Top-1 agreement and KL summed over answer positions."""
+
+    def __init__(self) -> None:
+        self.agree, self.kl, self.positions = 0, 0.0, 0
+
+    def add(self, reference_logits: torch.Tensor, quantized_logits: torch.Tensor) -> None:
+        ref = F.log_softmax(reference_logits, dim=-1)  # [A, V]
+        got = F.log_softmax(quantized_logits, dim=-1)
+        self.agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        self.kl += float(F.kl_div(got, ref, log_target=True, reduction="sum"))
+        self.positions += ref.shape[0]
+
+    def result(self, scheme: str, probes: int) -> CheckResult:
+        if self.positions == 0:
+            raise ValueError("the unquantized model gave only empty answers; nothing to compare")
+        return CheckResult(scheme, probes, self.positions, self.agree / self.positions, self.kl / self.positions)
+
+
 def check_quantized(reference: OmniVision, quantized: OmniVision, scheme: str,
                     items: list[tuple[Image.Image, str]], max_new_tokens: int = 48) -> CheckResult:
     """Compare `quantized` with `reference` on `items` (see the module docstring)."""
-    agree, kl, positions = 0, 0.0, 0
+    tally = _Tally()
     for image, prompt in items:
         answer = reference.answer(image, prompt, max_new_tokens=max_new_tokens).token_ids
+        if answer:
+            tally.add(_answer_logits(reference, image, prompt, answer),
+                      _answer_logits(quantized, image, prompt, answer))
+    return tally.result(scheme, len(items))
+
+
+TEXT_PROBES = (
+    "Explain in two sentences why the sky looks blue.",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "What is the capital of Australia, and what is it known for?",
+    "Summarise the plot of a heist film in three short sentences.",
+    "List four ways to save energy at home.",
+    "Translate 'good morning, how are you?' into French and Spanish.",
+    "What is 17 times 23? Show the steps.",
+    "Describe a red bicycle leaning against a brick wall.",
+    "Give a short definition of a hash table and one use of it.",
+    "Why do cats purr? Answer briefly.",
+    "Write a haiku about autumn rain.",
+    "How does a refrigerator keep food cold?",
+)
+"""Fixed prompts for checking a language model alone."""
+TEXT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def _greedy(lm: Qwen2ForCausalLM, ids: list[int], max_new_tokens: int, stops: set[int]) -> list[int]:
+    cfg = lm.config
+    cache = KVCache(cfg.num_layers, 1, cfg.num_kv_heads, len(ids) + max_new_tokens, cfg.head_dim,
+                    lm.model.norm.weight.dtype)
+    out, step = [], torch.tensor([ids])
+    for _ in range(max_new_tokens):
+        positions = torch.arange(cache.length, cache.length + step.shape[1])[None]
+        token = int(lm.logits(lm(lm.embed(step), positions, None, cache)[:, -1]).argmax())
+        if token in stops:
+            break
+        out.append(token)
+        step = torch.tensor([[token]])
+    return out
+
+
+@torch.inference_mode()
+def check_language_model(reference: Qwen2ForCausalLM, quantized: Qwen2ForCausalLM, tokenizer: Tokenizer,
+                         scheme: str, prompts: Sequence[str] = TEXT_PROBES,
+                         max_new_tokens: int = 48) -> CheckResult:
+    """Compare two decoders on text prompts, teacher-forced on the reference's greedy answers."""
+    tally, stops = _Tally(), {tokenizer.im_end_id, tokenizer.endoftext_id}
+    for prompt in prompts:
+        ids = build_inputs(tokenizer, [Message("user", prompt)], "chatml", TEXT_SYSTEM_PROMPT, 0)
+        answer = _greedy(reference, ids, max_new_tokens, stops)
         if not answer:
             continue
-        ref = F.log_softmax(_answer_logits(reference, image, prompt, answer), dim=-1)
-        got = F.log_softmax(_answer_logits(quantized, image, prompt, answer), dim=-1)
-        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        kl += float(F.kl_div(got, ref, log_target=True, reduction="sum"))
-        positions += len(answer)
-    if positions == 0:
-        raise ValueError("the unquantized model gave only empty answers; nothing to compare")
-    return CheckResult(scheme, len(items), positions, agree / positions, kl / positions)
+        full = torch.tensor([ids + answer])
+        positions = torch.arange(full.shape[1])[None]
+        window = slice(len(ids) - 1, len(ids) + len(answer) - 1)
+        tally.add(*(lm.logits(lm(lm.embed(full), positions)[0, window]).float() for lm in (reference, quantized)))
+    return tally.result(scheme, len(prompts))

@@ -1,6 +1,6 @@
 """Quantized native checkpoints: what config.json records about the quantization, and the rebuild.
 
-`save_native` writes `{"quantization": {"scheme", "parts", "skipped"}}` beside the model config when
+`save_native` writes `{"quantization": {"scheme", "parts", "skipped", "head"}}` beside the model config when
 the model carries a `quantization` summary (set by `quantize_model`); the int8/uint8 buffers travel in
 `model.safetensors` like any tensor. Loading builds the plain model, then `apply_recorded` runs
 `quantize_model` with the recorded scheme and parts on it (on the `meta` device that costs nothing),
@@ -27,7 +27,8 @@ def quantization_metadata(model: nn.Module) -> dict:
     summary = getattr(model, "quantization", None)
     if summary is None:
         return {}
-    return {KEY: {"scheme": summary.scheme, "parts": list(summary.parts), "skipped": list(summary.skipped)}}
+    return {KEY: {"scheme": summary.scheme, "parts": list(summary.parts), "skipped": list(summary.skipped),
+                  "head": summary.head}}
 
 
 def recorded_quantization(config_file: str | os.PathLike) -> dict | None:
@@ -41,9 +42,10 @@ def recorded_quantization(config_file: str | os.PathLike) -> dict | None:
     if entry is None:
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("scheme"), str) \
-            or not isinstance(entry.get("parts"), list) or not isinstance(entry.get("skipped", []), list):
+            or not isinstance(entry.get("parts"), list) or not isinstance(entry.get("skipped", []), list) \
+            or not isinstance(entry.get("head", False), bool):
         raise CheckpointError(config_file, f"{KEY!r} must be an object with a 'scheme' string, a 'parts' "
-                                           f"list and a 'skipped' list")
+                                           f"list, a 'skipped' list and a 'head' boolean")
     return entry
 
 
@@ -53,7 +55,7 @@ def apply_recorded(model: nn.Module, config_file: str | os.PathLike) -> None:
     if entry is None:
         return
     try:
-        summary = quantize_model(model, entry["scheme"], tuple(entry["parts"]))
+        summary = quantize_model(model, entry["scheme"], tuple(entry["parts"]), head=entry.get("head", False))
     except SchemeError as e:
         raise CheckpointError(config_file, f"{KEY}: {e}") from None
     recorded = entry.get("skipped", [])

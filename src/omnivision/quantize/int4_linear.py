@@ -3,27 +3,30 @@
 Dequantisation follows the convention of torch's CPU int4 kernel: w = (q - 8) * scale + zero with
 q in 0..15, one (scale, zero) per group of `group_size` input features of each output row.
 
-Storage (`state_dict`): `qweight` uint8 [N, K/2], two codes per byte (column 2j in the high nibble),
-independent of any kernel layout, plus `scales` and `zeros` fp32 [N, K/group_size].
+Storage (`state_dict`): `qweight` uint8 [N, K/2], two codes per byte in the layout of
+`int4_packing` (blocked by 64 rows when N allows, which is what torch's CPU kernel reads), plus
+`scales` and `zeros` fp32 [N, K/group_size].
 
-Kernel: on CPU with fp32/bf16 activations and N divisible by 16 the forward calls
-`torch.ops.aten._weight_int4pack_mm_for_cpu` on the layout from
-`torch.ops.aten._convert_weight_to_int4pack_for_cpu`, in bf16 (fp32 activations are rounded to bf16:
-the kernel's fp32 path measured ~30x slower, torch 2.13, 1x896 @ 896x4864, 2 threads). That layout is
-tiled, so it is built once from `qweight` and cached beside it with bf16 scales and zeros (run-time
-memory: one more 0.5 byte per weight). Elsewhere the forward dequantises and uses `F.linear`.
+Kernel: on CPU with fp32/bf16 activations and N divisible by 64 the forward calls
+`torch.ops.aten._weight_int4pack_mm_for_cpu` on `qweight` itself, in bf16 (fp32 activations are
+rounded to bf16: the kernel's fp32 path measured ~30x slower, torch 2.13, 1x896 @ 896x4864, 2
+threads), with a cached bf16 copy of the scales and zeros. As for int8, the kernel is used up to
+`KERNEL_MAX_ROWS` rows
+only (111 rows: 6.1 ms against 4.3 ms dequantising plus 1 ms in bf16); beyond, and on other devices
+or dtypes, the forward dequantises the weight slice by slice (`row_blocks`) for bf16/fp32 products.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from omnivision.quantize.row_blocks import linear_in_row_blocks
+from omnivision.quantize.int4_packing import gather_codes, is_blocked, pack_codes, to_kernel, unpack_codes
 from omnivision.quantize.scheme import GROUP_SIZES
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
-_INNER_K_TILES = 8  # the tile count torchao's int4 "tinygemm" layout uses by default
+KERNEL_MAX_ROWS = 48
 
 
 def fitting_group_size(in_features: int, group_size: int) -> int:
@@ -57,15 +60,12 @@ def quantize_int4(weight: torch.Tensor, group_size: int,
     return q, scales, zeros
 
 
-def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """int codes 0..15 [N, K] (K even) -> uint8 [N, K/2], column 2j in the high nibble."""
-    return (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8)
-
-
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K/2] -> int32 codes [N, K]."""
-    p = packed.to(torch.int32)
-    return torch.stack([p >> 4, p & 15], dim=-1).reshape(p.shape[0], -1)
+def _dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """uint8 codes [R, K], scales and zeros [R, K/g] -> fp32 weights [R, K]."""
+    rows = codes.shape[0]
+    q = codes.view(rows, -1, group_size).to(torch.float32)  # [R, K/g, g]
+    w = torch.addcmul(zeros[..., None] - 8 * scales[..., None], q, scales[..., None])  # (q - 8) * s + z
+    return w.view(rows, -1)
 
 
 class Int4Linear(nn.Module):
@@ -89,7 +89,7 @@ class Int4Linear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, group_size, linear.bias is not None,
                     linear.weight.dtype)
         codes, scales, zeros = quantize_int4(linear.weight, group_size, symmetric)
-        layer.qweight.copy_(pack_nibbles(codes))
+        layer.qweight.copy_(pack_codes(codes))
         layer.scales.copy_(scales)
         layer.zeros.copy_(zeros)
         if linear.bias is not None:
@@ -97,28 +97,39 @@ class Int4Linear(nn.Module):
         return layer.to(linear.weight.device)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        q = unpack_nibbles(self.qweight).float().reshape(self.out_features, -1, self.group_size)
-        w = (q - 8) * self.scales[..., None] + self.zeros[..., None]
-        return w.reshape(self.out_features, self.in_features).to(dtype)
+        codes = unpack_codes(self.qweight, self.out_features)
+        return _dequantize(codes, self.scales, self.zeros, self.group_size).to(dtype)
+
+    def _rows_between(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        # rows start:stop are one contiguous byte range in both layouts (start, stop multiples of 64)
+        codes = unpack_codes(self.qweight[start:stop], stop - start, is_blocked(self.out_features))
+        return _dequantize(codes, self.scales[start:stop], self.zeros[start:stop], self.group_size).to(dtype)
+
+    def rows(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Dequantized weight rows index [...] -> [..., in_features] (an embedding lookup)."""
+        flat = index.reshape(-1)
+        codes = gather_codes(self.qweight, self.out_features, flat)
+        w = _dequantize(codes, self.scales[flat], self.zeros[flat], self.group_size)
+        return w.reshape(*index.shape, self.in_features).to(dtype)
 
     def _kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed weight, bf16 scales-and-zeros [K/g, N, 2]), rebuilt only when a buffer changed
+        """(the kernel's codes, bf16 scales-and-zeros [K/g, N, 2]), rebuilt only when a buffer changed
         (a new tensor or an in-place load_state_dict)."""
         key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros))
         if self._packed_key != key:
-            codes = unpack_nibbles(self.qweight).contiguous()
-            weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, _INNER_K_TILES)
+            weight = to_kernel(self.qweight, self.out_features)
             scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).to(torch.bfloat16)
             self._packed, self._packed_key = (weight, scales_zeros.contiguous()), key
         return self._packed
 
     def _use_kernel(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and self.out_features % 16 == 0
+        return (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and is_blocked(self.out_features)
+                and x.numel() // self.in_features <= KERNEL_MAX_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if not self._use_kernel(x):
-            return F.linear(x, self.dequantize(x.dtype), bias)
+            return linear_in_row_blocks(x, self.out_features, lambda a, b: self._rows_between(a, b, x.dtype), bias)
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         weight, scales_zeros = self._kernel_tensors()
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, weight, self.group_size, scales_zeros)

@@ -1,4 +1,4 @@
-"""Writing GGUF files: tensors as F32, F16 or Q8_0 plus typed metadata, atomically.
+"""Writing GGUF files: tensors as F32, F16, Q8_0 or Q4_0 plus typed metadata, atomically.
 
 Owns the choice of GGUF value type for each Python metadata value, the conversion of tensors to
 their stored type, and the atomic replace of the output path. The container itself is written by
@@ -18,7 +18,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from gguf import quants
 
-TensorType = str  # "F32" | "F16" | "Q8_0"
+TensorType = str  # "F32" | "F16" | "Q8_0" | "Q4_0"
+BLOCK_TYPES = {"Q8_0": GGMLQuantizationType.Q8_0, "Q4_0": GGMLQuantizationType.Q4_0}
 
 _ARCH_KEY = "general.architecture"
 _ALIGNMENT_KEY = "general.alignment"
@@ -130,15 +131,14 @@ def _add_tensor(writer: GGUFWriter, name: str, tensor: torch.Tensor | np.ndarray
         writer.add_tensor(name, array)
     elif target == "F16":
         writer.add_tensor(name, array.astype(np.float16))
-    elif target == "Q8_0":
+    elif target in BLOCK_TYPES:
         if array.ndim != 2 or array.shape[-1] % 32:
-            raise ValueError(
-                f"tensor {name!r}: Q8_0 needs a 2-D tensor whose last dim is a multiple of 32, got {list(array.shape)}"
-            )
-        packed = quants.quantize(array, GGMLQuantizationType.Q8_0)
-        writer.add_tensor(name, packed, raw_dtype=GGMLQuantizationType.Q8_0)
+            raise ValueError(f"tensor {name!r}: {target} needs a 2-D tensor whose last dim is a multiple of "
+                             f"32, got {list(array.shape)}")
+        kind = BLOCK_TYPES[target]
+        writer.add_tensor(name, quants.quantize(array, kind), raw_dtype=kind)
     else:
-        raise ValueError(f"tensor {name!r}: unsupported target type {target!r} (use F32, F16 or Q8_0)")
+        raise ValueError(f"tensor {name!r}: unsupported target type {target!r} (use F32, F16, Q8_0 or Q4_0)")
 
 
 def _check_alignment(value: Any) -> int:
@@ -155,7 +155,7 @@ def write_gguf(
 ) -> None:
     """Write a GGUF v3 file at `path` (replaced atomically). Raises ValueError for bad input.
 
-    Tensors are stored in the given order, each as "F32", "F16" or "Q8_0". `general.architecture`
+    Tensors are stored in the given order, each as "F32", "F16", "Q8_0" or "Q4_0". `general.architecture`
     comes from `arch`; `metadata` may repeat it only with the same value.
     """
     path = Path(path)

@@ -18,6 +18,7 @@ import torch
 from omnivision.config import (OmniVisionConfig, ProcessingConfig, ProjectorConfig, TextConfig,
                                VisionConfig)
 from omnivision.model import OmniVisionModel
+from omnivision.model.qwen2 import LanguageOnly, Qwen2ForCausalLM
 from omnivision.processing.tokenizer import Tokenizer
 from omnivision.weights.convert import llm_to_native, mmproj_to_native
 from omnivision.weights.errors import CheckpointError
@@ -107,6 +108,44 @@ def _shape(f: GGUFFile, name: str) -> tuple[int, ...]:
     return f.tensors[name].shape
 
 
+def text_config(llm: GGUFFile) -> TextConfig:
+    """The language model's config from a `qwen2` GGUF's metadata and tensor shapes."""
+    t = "qwen2."
+    try:
+        return TextConfig(
+            vocab_size=_shape(llm, "token_embd.weight")[0], hidden_size=_meta(llm, t + "embedding_length", int),
+            intermediate_size=_meta(llm, t + "feed_forward_length", int),
+            num_layers=_meta(llm, t + "block_count", int), num_heads=_meta(llm, t + "attention.head_count", int),
+            num_kv_heads=_meta(llm, t + "attention.head_count_kv", int),
+            rope_theta=_f32(_meta(llm, t + "rope.freq_base", (int, float), 1_000_000.0)),
+            rms_norm_eps=_f32(_meta(llm, t + "attention.layer_norm_rms_epsilon", (int, float), 1e-6)),
+            max_position_embeddings=_meta(llm, t + "context_length", int),
+            tie_word_embeddings="output.weight" not in llm.tensors)
+    except ValueError as e:
+        raise CheckpointError(llm.path, f"inconsistent model description: {e}") from None
+
+
+def load_language_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32
+                        ) -> tuple[Qwen2ForCausalLM, Tokenizer]:
+    """A `qwen2` language-model GGUF alone (no mmproj): the decoder and its tokenizer."""
+    llm = GGUFFile.open(path)
+    if llm.metadata.get("general.architecture") != "qwen2":
+        raise CheckpointError(llm.path, f"general.architecture is {llm.metadata.get('general.architecture')!r}, "
+                                        f"expected 'qwen2'")
+    try:
+        tokenizer = Tokenizer.from_gguf_metadata(llm.metadata)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(llm.path, f"cannot build the tokenizer from its metadata: {e}") from None
+    with torch.device("meta"):
+        holder = LanguageOnly(Qwen2ForCausalLM(text_config(llm)))
+    try:
+        state = llm_to_native(_tensors(llm, dtype))
+    except KeyError as e:
+        raise CheckpointError(llm.path, f"unexpected tensor name: {e.args[0]}") from None
+    load_state(holder, state, llm.path, dtype)
+    return holder.language.eval(), tokenizer
+
+
 def release_config(llm: GGUFFile, mmproj: GGUFFile, tokenizer: Tokenizer) -> OmniVisionConfig:
     """The model config implied by the pair's metadata and tensor shapes."""
     v = "siglip.vision."
@@ -125,16 +164,7 @@ def release_config(llm: GGUFFile, mmproj: GGUFFile, tokenizer: Tokenizer) -> Omn
         if compression is None:
             raise CheckpointError(mmproj.path, f"mm.0.weight takes {mm0[1]} inputs, neither the vision "
                                                f"width {hidden_v} nor 9x it")
-    t = "qwen2."
-    text = TextConfig(
-        vocab_size=_shape(llm, "token_embd.weight")[0], hidden_size=_meta(llm, t + "embedding_length", int),
-        intermediate_size=_meta(llm, t + "feed_forward_length", int),
-        num_layers=_meta(llm, t + "block_count", int), num_heads=_meta(llm, t + "attention.head_count", int),
-        num_kv_heads=_meta(llm, t + "attention.head_count_kv", int),
-        rope_theta=_f32(_meta(llm, t + "rope.freq_base", (int, float), 1_000_000.0)),
-        rms_norm_eps=_f32(_meta(llm, t + "attention.layer_norm_rms_epsilon", (int, float), 1e-6)),
-        max_position_embeddings=_meta(llm, t + "context_length", int),
-        tie_word_embeddings="output.weight" not in llm.tensors)
+    text = text_config(llm)
     processing = ProcessingConfig(
         template=mmproj.metadata.get("omnivision.template", DEFAULT_TEMPLATE),
         image_mean=tuple(_f32(x) for x in _meta(mmproj, v + "image_mean", list)),
@@ -158,9 +188,36 @@ def _tensors(f: GGUFFile, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: f.tensor(name, dtype) for name in f.tensors}
 
 
-def load_release(files: ReleaseFiles, dtype: torch.dtype = torch.float32
+def _quantized_llm_state(model: OmniVisionModel, llm: GGUFFile, dtype: torch.dtype) -> tuple[dict, str]:
+    """The language model's state with its Linear weights kept in the file's Q8_0 / Q4_0 codes."""
+    from omnivision.quantize.apply import quantize_model
+    from omnivision.weights.gguf_quantized import SCHEME_FOR_TYPE, layer_buffers
+
+    kind = weight_type(llm)
+    if kind not in SCHEME_FOR_TYPE:
+        raise CheckpointError(llm.path, f"keeping weights quantized needs a Q8_0 or Q4_0 language model, "
+                                        f"this one is {kind}")
+    scheme = SCHEME_FOR_TYPE[kind]
+    with torch.device("meta"):  # only the layer structure; the buffers come from the file below
+        quantize_model(model, scheme, ("language",))
+    quantized = {n for n, m in model.named_modules() if hasattr(m, "qweight")}
+    state, exact, layers = {}, 0, 0
+    for native, gguf_name in llm_to_native({n: n for n in llm.tensors}).items():
+        layer = native.removesuffix(".weight")
+        if layer in quantized and native.endswith(".weight"):
+            buffers, is_exact = layer_buffers(llm, gguf_name, scheme)
+            state.update({f"{layer}.{k}": v for k, v in buffers.items()})
+            exact, layers = exact + is_exact, layers + 1
+        else:
+            state[native] = llm.tensor(gguf_name, dtype)
+    return state, f"{kind} kept as {scheme} ({exact} of {layers} layers exact copies)"
+
+
+def load_release(files: ReleaseFiles, dtype: torch.dtype = torch.float32, keep_quantized: bool = False
                  ) -> tuple[OmniVisionModel, Tokenizer]:
-    """Build the model from the pair; quantized tensors are dequantized to `dtype`."""
+    """Build the model from the pair; quantized tensors are dequantized to `dtype`, or, with
+    `keep_quantized`, a Q8_0 / Q4_0 language model's matrices load into int8 / int4 layers
+    (`weights.gguf_quantized`) and `files.note` says how."""
     try:
         tokenizer = Tokenizer.from_gguf_metadata(files.llm.metadata)
     except (KeyError, ValueError, TypeError) as e:
@@ -170,7 +227,12 @@ def load_release(files: ReleaseFiles, dtype: torch.dtype = torch.float32
         model = OmniVisionModel(config)
     try:
         state = mmproj_to_native(_tensors(files.mmproj, dtype))
-        state.update(llm_to_native(_tensors(files.llm, dtype)))
+        if keep_quantized:
+            llm_state, how = _quantized_llm_state(model, files.llm, dtype)
+            files.note += f"; {how}"
+        else:
+            llm_state = llm_to_native(_tensors(files.llm, dtype))
+        state.update(llm_state)
     except KeyError as e:
         raise CheckpointError(files.mmproj.path, f"unexpected tensor name: {e.args[0]}") from None
     if "vision.head.probe" in state:

@@ -3,7 +3,7 @@
 The mmproj follows the official converter (model-facts.md 2.1): `siglip.*` keys, `v.*`/`mm.*`
 tensors, 2-D `.weight` and 4-D tensors in f16 and the rest in f32 (all f32 for `F32`). The language
 model is a standard llama.cpp `qwen2` file (2.2): norms and biases in f32, matrices in the chosen
-type. `Q8_0` applies to the language model; the mmproj then stays f16, as in the release. A model
+type. `Q8_0` and `Q4_0` apply to the language model; the mmproj then stays f16, as in the release. A model
 whose compression or template is not the official one records it in `omnivision.*` keys.
 """
 
@@ -20,7 +20,7 @@ from omnivision.processing.tokenizer import Tokenizer
 from omnivision.weights.convert import native_to_llm, native_to_mmproj, split_native
 from omnivision.weights.gguf_write import write_gguf
 
-FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7}  # llama.cpp's general.file_type values
+FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "Q4_0": 2}  # llama.cpp's general.file_type values
 
 
 def _mmproj_type(name: str, tensor: torch.Tensor, dtype: str) -> str:
@@ -82,16 +82,36 @@ def llm_metadata(model: OmniVisionModel, tokenizer: Tokenizer, file_type: str) -
     return meta
 
 
-def write_release(model: OmniVisionModel, tokenizer: Tokenizer, out_dir: str | os.PathLike,
-                  dtype: str = "F16", stem: str = "omnivision") -> tuple[Path, Path]:
-    """Write `<stem>-llm-<dtype>.gguf` and `<stem>-mmproj-<f16|f32>.gguf` into `out_dir`."""
+def _file_type(dtype: str) -> str:
     dtype = dtype.upper()
     if dtype not in FILE_TYPES:
         raise ValueError(f"GGUF output type must be one of {sorted(FILE_TYPES)}, got {dtype!r}")
+    return dtype
+
+
+def _float_state(model: OmniVisionModel) -> tuple[dict, dict]:
+    state = {k: v.detach().float() for k, v in model.state_dict().items()}
+    return split_native(state)
+
+
+def write_llm(model: OmniVisionModel, tokenizer: Tokenizer, path: str | os.PathLike,
+              dtype: str = "F16") -> Path:
+    """Write the language-model GGUF alone (a llama.cpp `qwen2` file) to `path`."""
+    dtype = _file_type(dtype)
+    llm = native_to_llm(_float_state(model)[1])
+    path = Path(path)
+    write_gguf(path, "qwen2", llm_metadata(model, tokenizer, dtype),
+               {name: (t, _llm_type(t, dtype)) for name, t in llm.items()})
+    return path
+
+
+def write_release(model: OmniVisionModel, tokenizer: Tokenizer, out_dir: str | os.PathLike,
+                  dtype: str = "F16", stem: str = "omnivision") -> tuple[Path, Path]:
+    """Write `<stem>-llm-<dtype>.gguf` and `<stem>-mmproj-<f16|f32>.gguf` into `out_dir`."""
+    dtype = _file_type(dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float() for k, v in model.state_dict().items()}
-    vision_part, llm_part = split_native(state)
+    vision_part, _ = _float_state(model)
     mm = native_to_mmproj(vision_part)
     if "v.head.probe" in mm:
         mm["v.head.probe"] = mm["v.head.probe"].reshape(-1)  # stored squeezed, as the release does
@@ -99,8 +119,5 @@ def write_release(model: OmniVisionModel, tokenizer: Tokenizer, out_dir: str | o
     mmproj_path = out / f"{stem}-mmproj-{mm_dtype.lower()}.gguf"
     write_gguf(mmproj_path, "siglip", mmproj_metadata(model, dtype),
                {name: (t, _mmproj_type(name, t, mm_dtype)) for name, t in mm.items()})
-    llm = native_to_llm(llm_part)
-    llm_path = out / f"{stem}-llm-{dtype}.gguf"
-    write_gguf(llm_path, "qwen2", llm_metadata(model, tokenizer, dtype),
-               {name: (t, _llm_type(t, dtype)) for name, t in llm.items()})
+    llm_path = write_llm(model, tokenizer, out / f"{stem}-llm-{dtype}.gguf", dtype)
     return llm_path, mmproj_path

@@ -1,0 +1,121 @@
+"""Running a benchmark: prepare the files, start one worker per measurement, collect the results.
+
+Each worker is a fresh `python -m omnivision.bench.worker` process (see `worker`). A worker that fails
+or times out is recorded with its error and the others still run; a peer whose package is missing is
+reported as skipped, not as a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from omnivision.bench import prepare
+from omnivision.bench.worker import MARK
+from omnivision.bench.workload import Workload
+
+PEERS = ("transformers", "llama.cpp")
+PEER_PACKAGES = {"transformers": "transformers", "llama.cpp": "llama_cpp"}
+LLAMA_TYPES = ("Q8_0", "Q4_0")
+
+
+@dataclass
+class Plan:
+    preset: str = "omnivision-968m"
+    precisions: tuple[str, ...] = prepare.PRECISIONS
+    against: tuple[str, ...] = ()
+    workdir: Path = Path.home() / ".cache" / "omnivision" / "bench"
+    work: Workload = field(default_factory=Workload)
+    seed: int = 0
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.precisions if p not in prepare.PRECISIONS]
+        if bad or not self.precisions:
+            raise ValueError(f"precisions must be among {', '.join(prepare.PRECISIONS)}; got {bad or 'none'}")
+        unknown = [a for a in self.against if a not in PEERS]
+        if unknown:
+            raise ValueError(f"unknown peer {unknown[0]!r}; use {' or '.join(PEERS)}")
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name, module in (("transformers", "transformers"), ("llama-cpp-python", "llama_cpp")):
+        if importlib.util.find_spec(module) is not None:
+            versions[name] = __import__(module).__version__
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "system": platform.platform(), "versions": versions}
+
+
+def _run_worker(spec: dict, timeout_s: float) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "omnivision.bench.worker", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return {"error": tail[:300]}
+
+
+def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
+    tokenizer, config = prepare.tokenizer_and_config(plan.preset)
+    ids = prepare.prompt_ids(config, tokenizer)
+    work = dataclasses.asdict(plan.work)
+    specs = []
+    for precision in plan.precisions:
+        log(f"preparing our {precision} checkpoint")
+        path = prepare.native_checkpoint(plan.workdir, plan.preset, precision, plan.seed)
+        specs.append(dict(impl="ours", precision=precision, path=str(path), work=work))
+    for peer in plan.against:
+        if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
+            specs.append(dict(impl=peer, precision="-", skipped=f"{PEER_PACKAGES[peer]} is not installed"))
+        elif peer == "transformers":
+            for precision in [p for p in ("fp32", "bf16") if p in plan.precisions] or ["bf16"]:
+                specs.append(dict(impl=peer, precision=precision, preset=plan.preset, prompt_ids=ids, work=work))
+        else:
+            for ggml_type in LLAMA_TYPES:
+                log(f"preparing the llama.cpp {ggml_type} GGUF")
+                path = prepare.llama_cpp_gguf(plan.workdir, plan.preset, ggml_type, plan.work.threads or 2,
+                                              plan.seed)
+                specs.append(dict(impl=peer, precision=ggml_type, path=str(path), prompt_ids=ids, work=work))
+    return specs
+
+
+def run(plan: Plan, log: Callable[[str], None] = lambda line: None) -> dict:
+    """Measure everything the plan asks for; returns the JSON-ready results document."""
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in _specs(plan, log):
+        row = {"impl": spec["impl"], "precision": spec["precision"]}
+        if "skipped" in spec:
+            row["skipped"] = spec["skipped"]
+        else:
+            log(f"measuring {spec['impl']} {spec['precision']}")
+            start = time.perf_counter()
+            row.update(_run_worker(spec, plan.timeout_s))
+            row["wall_s"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+    return {"machine": machine(), "preset": plan.preset, "seed": plan.seed,
+            "workload": dataclasses.asdict(plan.work), "results": rows}

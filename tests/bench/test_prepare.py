@@ -1,0 +1,34 @@
+"""The benchmark's prepared files: made once, reused, never half-written, and of the right kind."""
+
+from __future__ import annotations
+
+from omnivision.bench import prepare
+from omnivision.quantize.int4_linear import Int4Linear
+from omnivision.weights.native import load_native
+
+
+def test_a_checkpoint_is_made_once_and_reused(tmp_path) -> None:
+    first = prepare.native_checkpoint(tmp_path, "tiny", "int4")
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    again = prepare.native_checkpoint(tmp_path, "tiny", "int4")
+    assert again == first and (again / "model.safetensors").stat().st_mtime_ns == stamp
+    model, _ = load_native(first)
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    assert layers and all(m.group_size in (32, 64, 128) for m in layers)
+    assert set(model.quantization.parts) == {"language", "projector", "vision"} and model.quantization.head
+
+
+def test_a_half_written_entry_is_replaced(tmp_path) -> None:
+    partial = tmp_path / "v3-tiny-seed0-bf16.partial"
+    partial.mkdir()
+    (partial / "junk").write_text("interrupted")
+    made = prepare.native_checkpoint(tmp_path, "tiny", "bf16")
+    assert made.name == "v3-tiny-seed0-bf16" and not partial.exists()
+    assert not (made / "junk").exists()
+
+
+def test_the_prompt_has_the_image_slots_and_the_question(tmp_path) -> None:
+    tokenizer, config = prepare.tokenizer_and_config("tiny")
+    ids = prepare.prompt_ids(config, tokenizer)
+    assert ids.count(config.image_token_id) == config.num_image_tokens
+    assert "What objects can you see" in tokenizer.decode(ids)

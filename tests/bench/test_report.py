@@ -1,0 +1,69 @@
+"""The benchmark's targets are the issue's ratios, worked from a results document made by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omnivision.bench import report
+
+
+def _doc(**changes) -> dict:
+    rows = [
+        {"impl": "ours", "precision": "bf16", "preprocess_ms": 5.0, "vision_ms": 400.0, "projector_ms": 10.0,
+         "prefill_ms": 100.0, "ttft_ms": 520.0, "ttft_uncompressed_ms": 1500.0, "decode_tok_s": 20.0,
+         "e2e_ms": 3700.0, "peak_rss_mb": 2300.0, "prompt_tokens": 111},
+        {"impl": "ours", "precision": "int8", "preprocess_ms": 5.0, "vision_ms": 500.0, "projector_ms": 10.0,
+         "prefill_ms": 150.0, "ttft_ms": 670.0, "decode_tok_s": 30.0, "e2e_ms": 2800.0, "peak_rss_mb": 1200.0},
+        {"impl": "ours", "precision": "int4", "preprocess_ms": 5.0, "vision_ms": 500.0, "projector_ms": 10.0,
+         "prefill_ms": 150.0, "ttft_ms": 670.0, "decode_tok_s": 40.0, "e2e_ms": 2250.0, "peak_rss_mb": 900.0},
+        {"impl": "transformers", "precision": "bf16", "preprocess_ms": 8.0, "vision_ms": 700.0,
+         "projector_ms": 12.0, "prefill_ms": 160.0, "ttft_ms": 1000.0, "decode_tok_s": 10.0, "e2e_ms": 7300.0,
+         "peak_rss_mb": 2500.0},
+        {"impl": "llama.cpp", "precision": "Q8_0", "prefill_ms": 400.0, "decode_tok_s": 45.0},
+        {"impl": "llama.cpp", "precision": "Q4_0", "prefill_ms": 380.0, "decode_tok_s": 63.0},
+        {"impl": "ours", "precision": "fp32", "error": "out of memory"},
+    ]
+    doc = {"results": rows, "workload": {"answer_tokens": 64, "runs": 5, "threads": 2}, "preset": "p",
+           "machine": {"cpu": "cpu", "logical_cpus": 2, "torch_threads": 2, "versions": {"torch": "x"}}}
+    doc.update(changes)
+    return doc
+
+
+def _by_name(doc: dict) -> dict:
+    return {t["target"]: t for t in report.targets(doc)}
+
+
+def test_ratios_are_worked_from_the_same_run() -> None:
+    t = _by_name(_doc())
+    # ours' fastest end to end is int4 (2250 ms); transformers 7300 ms
+    assert t["end to end vs transformers (speed-up)"]["value"] == pytest.approx(7300 / 2250, abs=1e-3)
+    # best mix: transformers 8 + 700 + 12 ms, then llama.cpp Q4_0 380 ms + 63 tokens at 63 tok/s
+    mix = 8 + 700 + 12 + 380 + 63 / 63 * 1000
+    assert t["end to end vs best peer mix (speed-up)"]["value"] == pytest.approx(mix / 2250, abs=1e-3)
+    assert t["TTFT bf16 / transformers bf16"]["value"] == pytest.approx(0.52)
+    assert t["TTFT bf16 / transformers bf16"]["met"]  # 0.52 <= 0.6
+    assert t["vision bf16 speed-up over transformers"]["value"] == pytest.approx(1.75)
+    assert t["decode bf16 / transformers bf16"]["value"] == pytest.approx(2.0)
+    assert t["decode int8 / llama.cpp Q8_0"]["value"] == pytest.approx(30 / 45, abs=1e-3)
+    assert not t["decode int8 / llama.cpp Q8_0"]["met"]
+    assert t["decode int4 / llama.cpp Q4_0"]["value"] == pytest.approx(40 / 63, abs=1e-3)
+    memory = t["peak memory, int4 (MB)"]
+    assert memory["value"] == 900.0 and memory["met"] and "int8 1200" in memory["detail"]
+
+
+def test_missing_peers_give_fewer_targets_and_failures_show_in_the_table() -> None:
+    doc = _doc()
+    doc["results"] = [r for r in doc["results"] if r["impl"] == "ours"]
+    names = set(_by_name(doc))
+    assert names == {"peak memory, int4 (MB)"}
+    text = report.table(doc)
+    assert "| ours fp32 | failed: out of memory |" in text
+    assert "| ours bf16 | 5.0 | 400.0 | 10.0 | 100.0 | 520.0 | 1500.0 | - | 20.0 | 3700.0 | 2300.0 |" in text
+
+
+def test_json_holds_results_and_targets(tmp_path) -> None:
+    report.write_json(_doc(), tmp_path / "b.json")
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["results"]) == 7 and len(data["targets"]) == 8
