@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from omnivision.bench.workload import Workload, median_seconds, peak_rss_mb
 
@@ -54,9 +55,10 @@ def measure(gguf: Path, prompt_ids: list[int], work: Workload) -> dict:
     import llama_cpp
 
     context = len(prompt_ids) + max(work.decode_tokens, work.answer_tokens) + 8
+    # the same thread count as torch uses (llama-cpp-python's own default is half the logical CPUs)
+    threads = work.threads or torch.get_num_threads()
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_batch=max(512, len(prompt_ids)),
-                          n_threads=work.threads or None, n_threads_batch=work.threads or None,
-                          verbose=False)
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
     n_vocab = llm.n_vocab()
 
     def next_token() -> int:

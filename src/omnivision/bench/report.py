@@ -132,10 +132,12 @@ def write_png(doc: dict, path: Path) -> bool:
     for ax, key, title in zip(axes, ("ttft_ms", "decode_tok_s", "peak_rss_mb"),
                               ("time to first token (ms, lower is better)", "decode (tokens/s, higher is better)",
                                "peak resident memory (MB)")):
-        named = [(f"{r['impl']}\n{r['precision']}", r[key]) for r in rows if key in r]
+        named = [(f"{r['impl']} {r['precision']}", r[key]) for r in rows if key in r]
         ax.bar([n for n, _ in named], [v for _, v in named], color="#4878a8")
         ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
         if key == "peak_rss_mb":
             ax.axhline(MEMORY_BUDGET_MB, color="#c44", linestyle="--", linewidth=1)
     fig.suptitle(f"omnivision bench, {doc['preset']} on {doc['machine']['cpu']}", fontsize=10)
