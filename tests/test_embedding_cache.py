@@ -68,3 +68,27 @@ def test_a_second_question_about_the_same_image_skips_the_tower(tiny_model, monk
     assert towers == [] and again.token_ids == first.token_ids
     vlm.answer(Image.new("RGB", (84, 84), (30, 30, 200)), "What colour?", max_new_tokens=5)
     assert towers == [1]
+
+
+def test_a_new_context_empties_the_cache():
+    calls: list = []
+    cache = ImageEmbeddingCache()
+    image = torch.ones(1, 3, 2, 2)
+    cache.encode(image, _counting_encoder(calls), context="weights v1")
+    cache.encode(image, _counting_encoder(calls), context="weights v1")
+    cache.encode(image, _counting_encoder(calls), context="weights v2")
+    assert calls == [1, 1]
+
+
+def test_changed_weights_are_not_served_stale_embeddings(tiny_model):
+    from omnivision.quantize import quantize_model
+
+    vlm = OmniVision(tiny_model, byte_level_tokenizer())
+    image = Image.new("RGB", (84, 84), (200, 30, 30))
+    before = vlm.encode_images([image])
+    with torch.no_grad():
+        tiny_model.projector[2].bias.add_(1.0)  # fine-tuned in place
+    assert not torch.equal(vlm.encode_images([image]), before)
+    quantize_model(tiny_model, "int8", ("projector",))  # new modules
+    after = vlm.encode_images([image])
+    assert torch.equal(after, tiny_model.encode_images(vlm.image_processor([image])))

@@ -4,7 +4,9 @@ The vision tower is most of the work before the first token (about 88 % at full 
 second question about the same image (a chat, or several prompts over one picture) reuses the
 embeddings instead of encoding again. Keys are a digest of the preprocessed pixels, so the same
 picture given as a path, bytes or a PIL image hits the same entry; least recently used entries are
-dropped beyond `capacity`.
+dropped beyond `capacity`. The caller passes a `context` naming the weights the embeddings came from
+(`OmniVision` passes the identity and version of every vision and projector tensor, and the dtype):
+when it changes (a quantized, reloaded, moved or fine-tuned model), the cache starts empty.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class ImageEmbeddingCache:
             raise ValueError(f"cache capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._context: object = None
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -38,13 +41,19 @@ class ImageEmbeddingCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def encode(self, pixels: torch.Tensor, encoder: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """pixels [N, C, H, W] -> embeddings [N, K, D]; only images not cached go through `encoder`."""
+    def encode(self, pixels: torch.Tensor, encoder: Callable[[torch.Tensor], torch.Tensor],
+               context: object = None) -> torch.Tensor:
+        """pixels [N, C, H, W] -> embeddings [N, K, D]; only images not cached go through `encoder`.
+        `context`: what the embeddings depend on besides the pixels; a new value empties the cache."""
+        if context != self._context:
+            self._entries.clear()
+            self._context = context
         keys = [pixel_key(p) for p in pixels]
         missing = [i for i, k in enumerate(keys) if k not in self._entries]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh = dict(zip((keys[i] for i in missing), encoder(pixels[missing]))) if missing else {}
+        # each kept entry its own tensor: a view would keep the whole batch's output alive
+        fresh = {keys[i]: e.clone() for i, e in zip(missing, encoder(pixels[missing]))} if missing else {}
         out = []
         for key in keys:
             value = fresh[key] if key in fresh else self._entries[key]

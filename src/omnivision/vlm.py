@@ -77,7 +77,14 @@ class OmniVision:
     def encode_images(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """Projected embeddings [N, K, D] of the images, from the cache where possible."""
         pixels = self.image_processor(images).to(self.model.device)
-        return self.image_cache.encode(pixels, self.model.encode_images)
+        return self.image_cache.encode(pixels, self.model.encode_images, self._image_weights_token())
+
+    def _image_weights_token(self) -> tuple:
+        """Identity and in-place version of every tensor the image embeddings depend on (~1000 tensors,
+        well under a millisecond), so cached embeddings never outlive the weights that made them."""
+        tensors = [*self.model.vision.parameters(), *self.model.vision.buffers(),
+                   *self.model.projector.parameters(), *self.model.projector.buffers()]
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
     def _generation_config(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                            repetition_penalty: float, seed: int | None) -> GenerationConfig:

@@ -92,3 +92,11 @@ def test_language_only_writes_nothing(tmp_path, capsys):
                  "--language-only"]) == 2
     assert "--language-only only checks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_settings_that_would_be_ignored_are_refused(tmp_path, capsys):
+    assert main(["quantize", "--check", "--head", "--parts", "vision"]) == 2
+    assert "--head quantizes the language model" in capsys.readouterr().err
+    assert main(["quantize", str(_language_gguf(tmp_path)), "--check", "--language-only", "--parts",
+                 "language"]) == 2
+    assert "drop --parts" in capsys.readouterr().err

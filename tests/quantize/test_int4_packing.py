@@ -43,4 +43,12 @@ def test_the_kernel_reads_the_stored_codes_without_a_copy():
         pytest.skip("this torch's CPU int4 layout differs; to_kernel converts (covered by the layer tests)")
     packed = pack_codes(_codes(128, 64))
     assert to_kernel(packed, 128) is packed
-    assert to_kernel(pack_codes(_codes(96, 64)), 96) is not None  # rows layout: converted
+
+
+def test_the_kernel_computes_the_product_of_converted_row_layout_codes():
+    codes = _codes(96, 64)  # 96 rows: stored row-major, converted for the kernel
+    x = torch.randn(2, 64).bfloat16()
+    scales_zeros = torch.stack([torch.full((2, 96), 0.5), torch.zeros(2, 96)], dim=-1).bfloat16()  # [K/g, N, 2]
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, to_kernel(pack_codes(codes), 96), 32, scales_zeros)
+    want = x.float() @ ((codes.float() - 8) * 0.5).t()  # (q - 8) * scale + zero, zero = 0
+    assert torch.allclose(out.float(), want, atol=0.1, rtol=1e-2)

@@ -27,8 +27,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("out", nargs="?", help="native checkpoint directory to write")
     p.add_argument("--scheme", default="int8",
                    help="int8, int4 or int4-g<32|64|128|256>[-sym] (default int8)")
-    p.add_argument("--parts", default="language,projector,vision",
-                   help="comma-separated model parts to quantize (default: all three)")
+    p.add_argument("--parts", help="comma-separated model parts to quantize (default: all three)")
     p.add_argument("--head", action="store_true",
                    help="also quantize the output head (for a tied model: the shared embedding table)")
     p.add_argument("--check", action="store_true",
@@ -79,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give an output directory OUT, --check, or both")
     if args.scenes < 1 or args.max_new_tokens < 1:
         raise ValueError("--scenes and --max-new-tokens must be at least 1")
-    scheme, parts = parse_scheme(args.scheme), parse_parts(args.parts)  # checked before loading
+    if args.language_only and args.parts is not None:
+        raise ValueError("--language-only quantizes the language model; drop --parts")
+    scheme = parse_scheme(args.scheme)  # checked before loading
+    parts = parse_parts(args.parts or "language,projector,vision")
+    if args.head and "language" not in parts:
+        raise ValueError("--head quantizes the language model's output head: include language in --parts")
     if args.language_only:
         return _check_language_only(args, scheme)
     # fp32, so that the check measures the quantization and not a bf16 reference

@@ -25,7 +25,8 @@ def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] @ weight [N, K]^T (+ bias [N]) -> [..., N], as `F.linear`."""
+    """x [..., K] @ weight [N, K]^T (+ bias [N]) -> [..., N], as `F.linear` up to bf16 rounding (the
+    fast path rounds the product to bf16 before adding the bias)."""
     if not _fast_path(x, weight):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # [M, K]

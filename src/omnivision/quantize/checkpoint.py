@@ -1,6 +1,6 @@
 """Quantized native checkpoints: what config.json records about the quantization, and the rebuild.
 
-`save_native` writes `{"quantization": {"scheme", "parts", "skipped", "head"}}` beside the model config when
+`save_native` writes `{"quantization": {"scheme", "parts", "skipped", "head", "int4_layout"}}` beside the model config when
 the model carries a `quantization` summary (set by `quantize_model`); the int8/uint8 buffers travel in
 `model.safetensors` like any tensor. Loading builds the plain model, then `apply_recorded` runs
 `quantize_model` with the recorded scheme and parts on it (on the `meta` device that costs nothing),
@@ -20,6 +20,8 @@ from omnivision.quantize.scheme import SchemeError
 from omnivision.weights.errors import CheckpointError
 
 KEY = "quantization"
+INT4_LAYOUT = "blocked64"
+"""The int4 code layout written (`quantize.int4_packing`); earlier int4 files were all row-major."""
 
 
 def quantization_metadata(model: nn.Module) -> dict:
@@ -28,7 +30,7 @@ def quantization_metadata(model: nn.Module) -> dict:
     if summary is None:
         return {}
     return {KEY: {"scheme": summary.scheme, "parts": list(summary.parts), "skipped": list(summary.skipped),
-                  "head": summary.head}}
+                  "head": summary.head, "int4_layout": INT4_LAYOUT}}
 
 
 def recorded_quantization(config_file: str | os.PathLike) -> dict | None:
@@ -54,6 +56,10 @@ def apply_recorded(model: nn.Module, config_file: str | os.PathLike) -> None:
     entry = recorded_quantization(config_file)
     if entry is None:
         return
+    if entry["scheme"].startswith("int4") and entry.get("int4_layout") != INT4_LAYOUT:
+        # the same tensor shapes in another code order: loading would scramble the weights silently
+        raise CheckpointError(config_file, f"{KEY}: int4 codes in an older layout "
+                                           f"({entry.get('int4_layout', 'row-major')}); quantize the source again")
     try:
         summary = quantize_model(model, entry["scheme"], tuple(entry["parts"]), head=entry.get("head", False))
     except SchemeError as e:

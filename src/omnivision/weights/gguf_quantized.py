@@ -1,7 +1,8 @@
 """GGUF Q8_0 / Q4_0 language-model tensors straight into `Int8Linear` / `Int4Linear` buffers.
 
-No full-precision copy of the model is made: each tensor's blocks are converted from the file's
-memory map, a bounded number of rows at a time.
+No full-precision copy of the model is made: tensors are converted one at a time from the file's
+memory map (Q8_0 a block of rows at a time; a Q4_0 tensor's codes, or another type's fp32 values,
+for one tensor at a time).
 
 - Q4_0 (blocks of 32: an fp16 scale d, 16 bytes of 4-bit codes, element j in the low nibble of byte
   j and element j+16 in the high nibble; w = (q - 8) * d) maps exactly onto `Int4Linear` with
@@ -11,7 +12,7 @@ memory map, a bounded number of rows at a time.
   torch's int8 kernel wants one per output row. The codes are requantized per row: s = max |w| / 127
   over the row, q' = round(w / s). Each weight moves by at most s / 2; this is not bit-exact.
 - A tensor of another type in such a file (llama.cpp keeps some in Q6_K, Q8_0 or F16 in its mixes)
-  is dequantised row-block by row-block and quantized into the layer's layout the usual way.
+  is dequantised and quantized into the layer's layout the usual way, one tensor at a time.
 """
 
 from __future__ import annotations

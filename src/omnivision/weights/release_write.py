@@ -95,10 +95,11 @@ def _float_state(model: OmniVisionModel) -> tuple[dict, dict]:
 
 
 def write_llm(model: OmniVisionModel, tokenizer: Tokenizer, path: str | os.PathLike,
-              dtype: str = "F16") -> Path:
-    """Write the language-model GGUF alone (a llama.cpp `qwen2` file) to `path`."""
+              dtype: str = "F16", llm_part: dict | None = None) -> Path:
+    """Write the language-model GGUF alone (a llama.cpp `qwen2` file) to `path`; `llm_part`: the
+    language tensors already split off in fp32 (else they are taken from the model)."""
     dtype = _file_type(dtype)
-    llm = native_to_llm(_float_state(model)[1])
+    llm = native_to_llm(_float_state(model)[1] if llm_part is None else llm_part)
     path = Path(path)
     write_gguf(path, "qwen2", llm_metadata(model, tokenizer, dtype),
                {name: (t, _llm_type(t, dtype)) for name, t in llm.items()})
@@ -111,13 +112,14 @@ def write_release(model: OmniVisionModel, tokenizer: Tokenizer, out_dir: str | o
     dtype = _file_type(dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vision_part, _ = _float_state(model)
+    vision_part, llm_part = _float_state(model)
     mm = native_to_mmproj(vision_part)
+    del vision_part
     if "v.head.probe" in mm:
         mm["v.head.probe"] = mm["v.head.probe"].reshape(-1)  # stored squeezed, as the release does
     mm_dtype = "F32" if dtype == "F32" else "F16"
     mmproj_path = out / f"{stem}-mmproj-{mm_dtype.lower()}.gguf"
     write_gguf(mmproj_path, "siglip", mmproj_metadata(model, dtype),
                {name: (t, _mmproj_type(name, t, mm_dtype)) for name, t in mm.items()})
-    llm_path = write_llm(model, tokenizer, out / f"{stem}-llm-{dtype}.gguf", dtype)
+    llm_path = write_llm(model, tokenizer, out / f"{stem}-llm-{dtype}.gguf", dtype, llm_part)
     return llm_path, mmproj_path
