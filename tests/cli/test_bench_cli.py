@@ -37,7 +37,7 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     assert doc["workload"] == {"runs": 1, "decode_tokens": 4, "answer_tokens": 3, "threads": 1}
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     # the prepared checkpoints are kept and reused
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v3-tiny-seed0-bf16", "v3-tiny-seed0-int4"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v4-tiny-seed0-bf16", "v4-tiny-seed0-int4"]
 
 
 @pytest.mark.parametrize("argv,message", [
