@@ -17,6 +17,7 @@ from PIL import Image
 
 from omnivision.loader import load
 from omnivision.processing.byte_tokenizer import byte_level_tokenizer
+from omnivision.quantize.embedding import QuantizedEmbedding
 from omnivision.quantize.int4_linear import Int4Linear
 from omnivision.quantize.int8_linear import Int8Linear
 from omnivision.weights.errors import CheckpointError
@@ -64,7 +65,12 @@ def test_a_release_loads_into_quantized_layers_and_answers_alike(tiny_model, tmp
     plain = load(tmp_path, dtype="float32")
     kept = load(tmp_path, dtype="float32", keep_quantized=True)
     layers = [m for n, m in kept.model.language.named_modules() if isinstance(m, layer_type)]
-    assert len(layers) == 7 * tiny_model.config.text.num_layers  # q k v o gate up down
+    # q k v o gate up down in every layer, and the tied embedding / head (written in the same type)
+    assert len(layers) == 7 * tiny_model.config.text.num_layers + 1
+    assert isinstance(kept.model.language.model.embed_tokens, QuantizedEmbedding)
+    ids = torch.tensor([[3, 40, 7]])
+    assert torch.allclose(kept.model.language.embed(ids), plain.model.language.embed(ids),
+                          atol=float(kept.model.language.model.embed_tokens.table.scales.max()))
     assert kept.model.quantization.parts == ("language",)
     assert ggml_type in kept.note
     q_proj = kept.model.language.model.layers[0].self_attn.q_proj
@@ -95,3 +101,16 @@ def test_the_file_is_not_changed_by_loading(tiny_model, tmp_path: Path) -> None:
     vlm.model.language.model.layers[0].mlp.up_proj.qweight.zero_()  # a private copy, never the file
     assert llm.read_bytes() == before
     assert GGUFFile.open(llm).tensors["blk.0.ffn_up.weight"].ggml_type.name == "Q4_0"
+
+
+def test_a_head_of_another_type_stays_full_precision(tiny_model, tmp_path: Path) -> None:
+    from omnivision.weights.gguf_write import write_gguf
+
+    llm, _ = write_release(tiny_model, byte_level_tokenizer(), tmp_path, "Q4_0")
+    f = GGUFFile.open(llm)
+    tensors = {name: (f.tensor(name), "F16" if name == "token_embd.weight" else info.ggml_type.name)
+               for name, info in f.tensors.items()}  # as llama.cpp's mixes keep the head finer
+    write_gguf(llm, f.architecture, dict(f.metadata), tensors)
+    kept = load(tmp_path, dtype="float32", keep_quantized=True)
+    assert isinstance(kept.model.language.model.embed_tokens, torch.nn.Embedding)
+    assert isinstance(kept.model.language.model.layers[0].mlp.up_proj, Int4Linear)

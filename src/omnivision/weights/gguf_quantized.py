@@ -11,6 +11,8 @@ for one tensor at a time).
 - Q8_0 (blocks of 32: an fp16 scale d and 32 int8 codes; w = q * d) has a scale per 32 weights;
   torch's int8 kernel wants one per output row. The codes are requantized per row: s = max |w| / 127
   over the row, q' = round(w / s). Each weight moves by at most s / 2; this is not bit-exact.
+- The output head, or the tied embedding that serves as one, is kept quantized only when the file
+  stores it in the same type as the matrices (`release_read._quantized_llm_state`).
 - A tensor of another type in such a file (llama.cpp keeps some in Q6_K, Q8_0 or F16 in its mixes)
   is dequantised and quantized into the layer's layout the usual way, one tensor at a time.
 """

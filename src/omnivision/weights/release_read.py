@@ -198,12 +198,17 @@ def _quantized_llm_state(model: OmniVisionModel, llm: GGUFFile, dtype: torch.dty
         raise CheckpointError(llm.path, f"keeping weights quantized needs a Q8_0 or Q4_0 language model, "
                                         f"this one is {kind}")
     scheme = SCHEME_FOR_TYPE[kind]
+    # the output head (or the tied embedding) stays quantized when the file stores it in the same type
+    head_name = "output.weight" if "output.weight" in llm.tensors else "token_embd.weight"
+    head = llm.tensors[head_name].ggml_type.name == kind
     with torch.device("meta"):  # only the layer structure; the buffers come from the file below
-        quantize_model(model, scheme, ("language",))
+        quantize_model(model, scheme, ("language",), head=head)
     quantized = {n for n, m in model.named_modules() if hasattr(m, "qweight")}
     state, exact, layers = {}, 0, 0
     for native, gguf_name in llm_to_native({n: n for n in llm.tensors}).items():
         layer = native.removesuffix(".weight")
+        if layer + ".table" in quantized:  # a tied embedding kept quantized (quantize.embedding)
+            layer += ".table"
         if layer in quantized and native.endswith(".weight"):
             buffers, is_exact = layer_buffers(llm, gguf_name, scheme)
             state.update({f"{layer}.{k}": v for k, v in buffers.items()})
