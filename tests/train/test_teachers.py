@@ -56,8 +56,9 @@ def test_client_errors_are_not_retried(server):
 
 
 def test_timeout_counts_as_a_failed_try(server):
-    srv = server(lambda n, body: (200, "late", 0.5) if n == 1 else (200, "fast"))
-    teacher = EndpointTeacher(srv.url, "m", timeout=0.2, retries=1, backoff=0.01)
+    # a wide margin both ways: a 0.2 s timeout failed the fast retry too on a loaded CI machine
+    srv = server(lambda n, body: (200, "late", 3.0) if n == 1 else (200, "fast"))
+    teacher = EndpointTeacher(srv.url, "m", timeout=1.0, retries=1, backoff=0.01)
     assert teacher.correct([TeacherItem("q", "a")]) == ["fast"]
 
 
