@@ -19,11 +19,11 @@ def test_a_checkpoint_is_made_once_and_reused(tmp_path) -> None:
 
 
 def test_a_half_written_entry_is_replaced(tmp_path) -> None:
-    partial = tmp_path / "v4-tiny-seed0-bf16.partial"
+    partial = tmp_path / f"v{prepare.CACHE_VERSION}-tiny-seed0-bf16.partial"
     partial.mkdir()
     (partial / "junk").write_text("interrupted")
     made = prepare.native_checkpoint(tmp_path, "tiny", "bf16")
-    assert made.name == "v4-tiny-seed0-bf16" and not partial.exists()
+    assert made.name == f"v{prepare.CACHE_VERSION}-tiny-seed0-bf16" and not partial.exists()
     assert not (made / "junk").exists()
 
 

@@ -11,7 +11,7 @@ from omnivision.bench import run as bench_run
 from omnivision.cli.main import main
 
 PHASES = ("preprocess_ms", "vision_ms", "projector_ms", "prefill_ms", "ttft_ms", "ttft_uncompressed_ms",
-          "ttft_repeat_ms", "decode_tok_s", "e2e_ms", "peak_rss_mb")
+          "ttft_repeat_ms", "decode_tok_s", "e2e_ms", "answer_peak_rss_mb", "peak_rss_mb")
 
 
 def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
@@ -33,11 +33,11 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     assert rows[("transformers", "bf16")]["decode_tok_s"] > 0
     assert "no_such_package_here is not installed" in rows[("llama.cpp", "-")]["skipped"]
     targets = {t["target"] for t in doc["targets"]}
-    assert "TTFT bf16 / transformers bf16" in targets and "peak memory, int4 (MB)" in targets
+    assert "TTFT bf16 / transformers bf16" in targets and "peak memory answering once, int4 (MB)" in targets
     assert doc["workload"] == {"runs": 1, "decode_tokens": 4, "answer_tokens": 3, "threads": 1}
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     # the prepared checkpoints are kept and reused
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v4-tiny-seed0-bf16", "v4-tiny-seed0-int4"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v5-tiny-seed0-bf16", "v5-tiny-seed0-int4"]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -24,7 +24,7 @@ PRECISIONS = ("fp32", "bf16", "int8", "int4")
 SCHEMES = {"int8": "int8", "int4": "int4"}
 """Quantized precisions: int4 with this project's default group size (128)."""
 COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "bfloat16", "int4": "bfloat16"}
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 """Bumped when what a cached entry holds changes."""
 
 

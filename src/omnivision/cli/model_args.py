@@ -27,6 +27,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "dequantized (less memory, faster decoding)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default: torch's choice, the physical cores)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="keep one tower's memory-mapped weights resident at a time: the language model's "
+                        "pages are given back while an image is encoded, the vision tower's after "
+                        "(lower peak memory; pages are read back when needed again)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype (auto: bfloat16 where the CPU supports it natively)")
 
@@ -50,6 +54,12 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 
 
 def load_model(args: argparse.Namespace) -> OmniVision:
+    vlm = _load(args)
+    vlm.low_memory = args.low_memory
+    return vlm
+
+
+def _load(args: argparse.Namespace) -> OmniVision:
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
