@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from omnivision.bench import prepare
 from omnivision.quantize.int4_linear import Int4Linear
 from omnivision.weights.native import load_native
@@ -16,6 +18,14 @@ def test_a_checkpoint_is_made_once_and_reused(tmp_path) -> None:
     layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
     assert layers and all(m.group_size in (32, 64, 128) for m in layers)
     assert set(model.quantization.parts) == {"language", "projector", "vision"} and model.quantization.head
+
+
+def test_int4_lm_quantizes_the_language_model_alone(tmp_path) -> None:
+    model, _ = load_native(prepare.native_checkpoint(tmp_path, "tiny", "int4-lm"))
+    assert model.quantization.parts == ("language",) and model.quantization.head
+    assert any(isinstance(m, Int4Linear) for m in model.language.modules())
+    assert not any(isinstance(m, Int4Linear) for m in (*model.vision.modules(), *model.projector.modules()))
+    assert model.vision.encoder.layers[0].mlp.fc1.weight.dtype == torch.bfloat16
 
 
 def test_a_half_written_entry_is_replaced(tmp_path) -> None:

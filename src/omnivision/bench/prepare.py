@@ -1,8 +1,11 @@
 """The files the benchmark workers load, made once per preset, precision and seed and then reused.
 
-Our model runs from native checkpoints (memory-mapped, as a user would load it): `fp32`, `bf16`, and
+Our model runs from native checkpoints (memory-mapped, as a user would load it): `fp32`, `bf16`,
 `int8` / `int4` with every part quantized (language model, projector, vision tower, and the tied
-embedding that is also the output head). llama.cpp runs the same random language model written as an F16
+embedding that is also the output head), and `int4-lm`: the language model and head in int4, the
+vision tower and projector in bf16. That is the split a deployment wants for speed: the tower runs
+once per image and is compute-bound (bf16 on AMX), the decoder runs once per token and is
+bandwidth-bound (int4 reads a quarter of the bytes). llama.cpp runs the same random language model written as an F16
 GGUF and quantized by llama.cpp to Q8_0 / Q4_0. Each file or folder is written under a temporary name
 and renamed when complete, so an interrupted run never leaves a half-written entry in the cache.
 """
@@ -20,10 +23,12 @@ from omnivision.processing.tokenizer import Tokenizer
 from omnivision.bench.workload import QUESTION
 from omnivision.weights.random_init import fit_to_tokenizer, pick_tokenizer, random_model
 
-PRECISIONS = ("fp32", "bf16", "int8", "int4")
-SCHEMES = {"int8": "int8", "int4": "int4"}
-"""Quantized precisions: int4 with this project's default group size (128)."""
-COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "bfloat16", "int4": "bfloat16"}
+PRECISIONS = ("fp32", "bf16", "int8", "int4", "int4-lm")
+SCHEMES = {"int8": ("int8", ("language", "projector", "vision")),
+           "int4": ("int4", ("language", "projector", "vision")), "int4-lm": ("int4", ("language",))}
+"""Quantized precisions: scheme (int4 with this project's default group size, 128) and parts."""
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "bfloat16", "int4": "bfloat16",
+                  "int4-lm": "bfloat16"}
 CACHE_VERSION = 5
 """Bumped when what a cached entry holds changes."""
 
@@ -68,7 +73,8 @@ def native_checkpoint(workdir: Path, preset_name: str, precision: str, seed: int
     if precision != "fp32":
         model = model.to(torch.bfloat16)
     if precision in SCHEMES:
-        quantize_model(model, SCHEMES[precision], head=True)
+        scheme, parts = SCHEMES[precision]
+        quantize_model(model, scheme, parts, head=True)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_native(model, tokenizer, tmp, extra={"random_weights": True})

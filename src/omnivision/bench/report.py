@@ -44,7 +44,7 @@ def mix_e2e_ms(hf: dict, llama: dict, answer_tokens: int) -> float:
 
 def targets(doc: dict) -> list[dict]:
     rows, answer_tokens = doc["results"], doc["workload"]["answer_tokens"]
-    ours = {p: _find(rows, "ours", p) for p in ("fp32", "bf16", "int8", "int4")}
+    ours = {p: _find(rows, "ours", p) for p in ("fp32", "bf16", "int8", "int4", "int4-lm")}
     hf = _find(rows, "transformers", "bf16")
     llama = {t: _find(rows, "llama.cpp", t) for t in ("Q8_0", "Q4_0")}
     out = []
@@ -73,7 +73,7 @@ def targets(doc: dict) -> list[dict]:
             a, b = ours[precision]["decode_tok_s"], llama[ggml_type]["decode_tok_s"]
             out.append(_target(f"decode {precision} / llama.cpp {ggml_type}", a / b, goal, True,
                                f"{a:.1f} vs {b:.1f} tok/s"))
-    quantized = {p: ours[p]["answer_peak_rss_mb"] for p in ("int8", "int4") if ours[p]}
+    quantized = {p: ours[p]["answer_peak_rss_mb"] for p in ("int8", "int4", "int4-lm") if ours[p]}
     if quantized:
         p = min(quantized, key=quantized.get)
         listed = ", ".join(f"{k} {r['answer_peak_rss_mb']:.0f}" for k, r in ours.items() if r)
