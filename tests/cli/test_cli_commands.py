@@ -215,6 +215,10 @@ def test_run_stream_prints_the_same(built, capsys):
     assert run_json(capsys, built["native"], "--stop", "O")["stopped_by"] == "O"
 
 
+def test_run_low_memory_answers_the_same(built, capsys):
+    assert run_json(capsys, built["native"], "--low-memory") == run_json(capsys, built["native"])
+
+
 def test_run_json_matches_the_library(built, capsys):
     got = run_json(capsys, built["native"])
     answer = omnivision.load(built["native"], dtype="float32").answer(IMAGE, PROMPT, max_new_tokens=8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.cli import bench, chat, convert, data, info, init, quantize, run, train, verify_release
+from omnivision.cli import bench, chat, convert, data, info, init, quantize, run, serve, train, verify_release
 from omnivision.cli import eval as eval_command  # the module name shadows the builtin
 
 COMMANDS = {
@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": eval_command,
     "quantize": quantize,
     "bench": bench,
+    "serve": serve,
 }
 
 

@@ -9,7 +9,7 @@ strings are the caller's business (it closes the generator).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
@@ -30,6 +30,19 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
 
 
+class StepHooks(Protocol):
+    """Per-step access to the logits, for callers that constrain or inspect generation (the server's
+    JSON mode and logprobs). Both see `[B, V]` float logits of the unfinished and finished rows."""
+
+    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits to sample from (e.g. with disallowed tokens set to -inf)."""
+        ...
+
+    def observe(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Called after sampling with the model's own logits and the chosen tokens [B]."""
+        ...
+
+
 class ContextOverflowError(ValueError):
     """The prompt plus the tokens to generate do not fit the model's context."""
 
@@ -47,7 +60,8 @@ def _left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
 
 @torch.inference_mode()
 def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
-                   image_embeds: torch.Tensor | None, cfg: GenerationConfig) -> Iterator[dict[int, int]]:
+                   image_embeds: torch.Tensor | None, cfg: GenerationConfig,
+                   hooks: StepHooks | None = None) -> Iterator[dict[int, int]]:
     """Yield {row: next token id} for each unfinished row, step by step.
 
     batch: the prompt ids of each row, image placeholders already expanded.
@@ -84,7 +98,11 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(cfg.max_new_tokens):
         logits = model.language.logits(hidden[:, -1])  # [B, V]
-        tokens = sample(logits, cfg.sampling, seen, generator)  # [B]
+        if hooks is None:
+            tokens = sample(logits, cfg.sampling, seen, generator)  # [B]
+        else:
+            tokens = sample(hooks.constrain(logits.float()), cfg.sampling, seen, generator)
+            hooks.observe(logits.float(), tokens)
         finished |= torch.isin(tokens, stops)
         out = {row: int(tokens[row]) for row in range(b) if not finished[row]}
         if not out:
@@ -101,9 +119,9 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
 
 
 def generate(model: OmniVisionModel, prompt_ids: Sequence[int], image_embeds: torch.Tensor | None,
-             cfg: GenerationConfig) -> Iterator[int]:
+             cfg: GenerationConfig, hooks: StepHooks | None = None) -> Iterator[int]:
     """Stream the generated token ids of one prompt."""
-    for step in generate_steps(model, [prompt_ids], image_embeds, cfg):
+    for step in generate_steps(model, [prompt_ids], image_embeds, cfg, hooks):
         yield step[0]
 
 

@@ -38,7 +38,12 @@ _PLUGINS = {
 
 
 class ImageError(ValueError):
-    """An image that cannot or must not be decoded; the message names the problem."""
+    """An image that cannot or must not be decoded; the message names the problem and `code` its
+    kind: `invalid_image`, `unsupported_image_format` or `image_too_large`."""
+
+    def __init__(self, message: str, code: str = "invalid_image") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _sniff(head: bytes) -> str | None:
@@ -71,7 +76,7 @@ def _check_pixels(width: int, height: int, max_pixels: int, prefix: str) -> None
         raise ImageError(f"{prefix}image has an empty size {width}x{height}")
     if width * height > max_pixels:
         raise ImageError(f"{prefix}image is {width}x{height} = {width * height} pixels, "
-                         f"over the limit of {max_pixels} pixels")
+                         f"over the limit of {max_pixels} pixels", "image_too_large")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -107,7 +112,8 @@ def load_image(source: str | os.PathLike | bytes | bytearray | memoryview | Imag
     if fmt is None:
         raise ImageError(f"{prefix}could not decode image: not a PNG, JPEG or WEBP file")
     if fmt not in _PLUGINS:
-        raise ImageError(f"{prefix}unsupported image format {fmt} (use PNG, JPEG or WEBP)")
+        raise ImageError(f"{prefix}unsupported image format {fmt} (use PNG, JPEG or WEBP)",
+                         "unsupported_image_format")
     try:
         # the plugin class parses the header only; Image.open's own bomb check is bypassed so that
         # `max_pixels` is the one limit

@@ -1,0 +1,211 @@
+"""The FastAPI app: `/v1/chat/completions`, `/v1/models`, `/health` and the try-it page at `/`.
+
+A chat request goes through the cheap checks first and the expensive work last: the body cap and
+the key (`guard`), the fields (`chat_request`), the model name, the prompt's token count against
+the context (before any image is touched), a free place in the queue, and only then the images
+are fetched and decoded (in a worker thread, never on the event loop) and the job is queued for a
+generation slot (`engine`). Every failure is OpenAI's error object; bad input never becomes a 500.
+A client that goes away cancels its job, waiting or running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from importlib import resources
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from omnivision.processing.prompt import Message, build_inputs
+from omnivision.serve import image_intake, openai_format
+from omnivision.serve.chat_request import ChatRequest, parse_chat_request
+from omnivision.serve.engine import Choice, Engine, Job, Overloaded
+from omnivision.serve.errors import APIError, bad_request, envelope
+from omnivision.serve.guard import Guard
+from omnivision.serve.openapi_schema import OPENAPI_EXTRA
+from omnivision.serve.settings import ServerSettings
+from omnivision.vlm import OmniVision
+
+RETRY_AFTER_S = 2
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def _prompt_ids(vlm: OmniVision, req: ChatRequest) -> list[int]:
+    proc = vlm.config.processing
+    messages = [Message(m.role, m.text, m.image is not None) for m in req.messages]
+    system = req.system_prompt if req.system_prompt is not None else proc.system_prompt
+    # user text is tokenized with special tokens kept literal: a request cannot forge turns
+    return build_inputs(vlm.tokenizer, messages, proc.template, system, vlm.config.num_image_tokens,
+                        escape_content=True)
+
+
+def _token_budget(vlm: OmniVision, req: ChatRequest, prompt: int) -> int:
+    context = vlm.config.text.max_position_embeddings
+    if req.max_tokens is not None and req.max_tokens >= context:
+        raise bad_request(f"max_tokens is {req.max_tokens}; this model's context is {context} tokens",
+                          "max_tokens", "context_length_exceeded")
+    wanted = req.max_tokens if req.max_tokens is not None else context - prompt
+    if prompt + max(wanted, 1) > context:
+        raise bad_request(f"the prompt is {prompt} tokens and asks for {wanted} more; this model's context "
+                          f"is {context} tokens", "messages", "context_length_exceeded")
+    return wanted
+
+
+def _choices(req: ChatRequest, budget: int, constraint_factory) -> list[Choice]:
+    return [Choice(max_tokens=budget, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                   stop=req.stop, top_logprobs=req.top_logprobs if req.logprobs else None,
+                   constraint_factory=constraint_factory) for _ in range(req.n)]
+
+
+def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
+    """The ASGI app (FastAPI behind `guard.Guard`); its `state.engine` owns the generation slots."""
+    settings = settings or ServerSettings()
+    engine = Engine(vlm, slots=settings.slots, queue=settings.queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    api = FastAPI(title="omnivision", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  lifespan=lifespan)
+    api.state.engine, api.state.settings = engine, settings
+    started = openai_format.now()
+
+    @api.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return _error_response(e)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if e.status_code == 404 else None
+        return JSONResponse(envelope(e.status_code, str(e.detail), None, code), status_code=e.status_code)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(envelope(500, "internal error", None, "internal_error"), status_code=500)
+
+    @api.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "running": engine.running, "waiting": engine.waiting}
+
+    @api.get("/v1/models")
+    async def list_models() -> dict:
+        return openai_format.models(settings.model_name, started)
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        html = resources.files("omnivision.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                           "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+
+    @api.post("/v1/chat/completions", openapi_extra=OPENAPI_EXTRA)
+    async def chat_completions(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        req = parse_chat_request(body, settings.limits)
+        if req.model != settings.model_name:
+            raise APIError(404, f"the model {req.model!r} does not exist; this server has {settings.model_name!r}",
+                           param="model", code="model_not_found")
+        ids = await asyncio.to_thread(_prompt_ids, vlm, req)
+        budget = _token_budget(vlm, req, len(ids))
+        constraint_factory = None
+        if req.response_format["type"] != "text":
+            from omnivision.serve.json_output import constraint_factory as make
+
+            constraint_factory = make(vlm.tokenizer, req.response_format, vlm.config.stop_token_ids)
+        if engine.waiting >= engine.queue_limit:  # before paying for the images
+            raise _overloaded("the queue is full")
+        images = await asyncio.to_thread(_images, req, settings)
+        job = Job(ids, images, _choices(req, budget, constraint_factory),
+                  deadline_s=time.monotonic() + settings.request_timeout_s, loop=asyncio.get_running_loop())
+        try:
+            engine.submit(job)
+        except Overloaded as e:
+            raise _overloaded(str(e)) from None
+        cid, created = openai_format.completion_id(), openai_format.now()
+        if req.stream:
+            return StreamingResponse(_stream(engine, job, req, cid, created, settings.model_name),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await _complete(engine, job, req, cid, created, settings.model_name, request)
+
+    return Guard(api, settings.api_key, settings.allowed_hosts, settings.limits.body_bytes)
+
+
+def _overloaded(why: str) -> APIError:
+    return APIError(503, f"the server is busy ({why}); retry shortly", code="server_overloaded",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _images(req: ChatRequest, settings: ServerSettings) -> list:
+    return [image_intake.decode(image_intake.image_bytes(ref, settings), ref, settings) for ref in req.images]
+
+
+async def _complete(engine: Engine, job: Job, req: ChatRequest, cid: str, created: int, model: str,
+                    request: Request) -> Response:
+    texts = [[] for _ in range(req.n)]
+    logprobs: list[list | None] = [[] if req.logprobs else None for _ in range(req.n)]
+    reasons = ["stop"] * req.n
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    engine.cancel(job)
+                    return Response(status_code=499)
+                continue
+            kind = event[0]
+            if kind == "piece":
+                _, index, piece, records = event
+                texts[index].append(piece)
+                if logprobs[index] is not None:
+                    logprobs[index].extend(records)
+            elif kind == "finish":
+                reasons[event[1]] = event[2]
+            elif kind == "error":
+                return JSONResponse(envelope(500, event[1], None, "generation_failed"), status_code=500)
+            elif kind == "done":
+                choices = [{"text": "".join(t), "finish_reason": r, "logprobs": lp}
+                           for t, r, lp in zip(texts, reasons, logprobs)]
+                return JSONResponse(openai_format.completion(cid, model, created, choices, event[1], event[2]))
+    finally:
+        engine.cancel(job)
+
+
+async def _stream(engine: Engine, job: Job, req: ChatRequest, cid: str, created: int, model: str
+                  ) -> AsyncIterator[bytes]:
+    try:
+        for index in range(req.n):
+            yield openai_format.sse(openai_format.chunk(cid, model, created, index, role=True, content=""))
+        while True:
+            event = await job.events.get()
+            kind = event[0]
+            if kind == "piece":
+                _, index, piece, records = event
+                yield openai_format.sse(openai_format.chunk(cid, model, created, index, content=piece,
+                                                            logprobs=records if req.logprobs else None))
+            elif kind == "finish":
+                yield openai_format.sse(openai_format.chunk(cid, model, created, event[1], finish_reason=event[2]))
+            elif kind == "error":
+                yield openai_format.sse(envelope(500, event[1], None, "generation_failed"))
+                break
+            elif kind == "done":
+                if req.include_usage:
+                    yield openai_format.sse(openai_format.usage_chunk(cid, model, created, event[1], event[2]))
+                break
+        yield openai_format.sse("[DONE]")
+    finally:  # also when the client went away and the response task was cancelled
+        engine.cancel(job)

@@ -1,0 +1,67 @@
+"""Everything an operator can set on the server, with the defaults of the hardening reference.
+
+One frozen dataclass, filled by `omnivision serve`'s flags and read by the app, the image intake
+and the generation slots. Defaults follow `shared/reference/server-hardening.md` section 6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Limits:
+    body_bytes: int = 16 * MiB
+    """Largest request body; more is refused with 413 before it is all read."""
+    image_bytes: int = 10_000_000
+    """Largest encoded image (checked on the base64 length before decoding)."""
+    max_pixels: int = 4096 * 4096
+    """Largest decoded image, checked from the header before any pixel is decoded."""
+    images_per_request: int = 4
+    prompt_bytes: int = 1 * MiB
+    """Text of all messages together, checked before tokenizing."""
+    max_n: int = 4
+    """Most choices (`n`) per request."""
+    max_stop: int = 8
+    max_top_logprobs: int = 20
+
+
+@dataclass(frozen=True)
+class RemoteMedia:
+    """Fetching `image_url`s over the network: off unless hosts are allowed."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    """Exact host names that may be fetched (https only); empty turns fetching off."""
+    timeout_s: float = 5.0
+    max_redirects: int = 5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allowed_hosts)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_name: str = "omnivision"
+    api_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    """Extra Host header names accepted when no API key is set (localhost forms always are)."""
+    slots: int = 1
+    """Generations that run at once."""
+    queue: int = 64
+    """Requests that may wait for a slot; more are refused with 503."""
+    request_timeout_s: float = 600.0
+    """Wall-clock limit of one generation; it ends with finish_reason "length" when reached."""
+    image_root: Path | None = None
+    """Local image paths are accepted only under this directory (None: refused)."""
+    remote: RemoteMedia = field(default_factory=RemoteMedia)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {self.slots}")
+        if self.queue < 0:
+            raise ValueError(f"queue must be >= 0, got {self.queue}")

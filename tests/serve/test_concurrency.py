@@ -1,0 +1,114 @@
+"""Load on a live server: the bounded queue answers 503 with Retry-After beyond its size, and 64
+streaming clients of which 8 leave after their first token: the rest finish, the leavers' jobs stop,
+and no slot, queue entry or thread is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from omnivision.serve.settings import ServerSettings
+from tests.serve.conftest import live_server
+
+httpx = pytest.importorskip("httpx")
+
+
+def _body(scene_url: str, tokens: int, stream: bool) -> dict:
+    return {"model": "omnivision", "max_tokens": tokens, "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": scene_url}},
+                                                      {"type": "text", "text": "Describe the scene."}]}]}
+
+
+def _settle(engine, deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while (engine.running or engine.waiting) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+def test_a_full_queue_answers_503_with_retry_after(nano, scene_url) -> None:
+    async def main(url: str) -> list:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/chat/completions", json=_body(scene_url, 24, False))
+                                          for _ in range(8)))
+
+    with live_server(nano, ServerSettings(slots=1, queue=2)) as (url, engine):
+        responses = asyncio.run(main(url))
+        _settle(engine)
+        assert engine.running == 0 and engine.waiting == 0
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 3 and set(codes) <= {200, 503} and 503 in codes
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"].isdigit()
+            assert r.json()["error"]["code"] == "server_overloaded"
+        else:
+            assert r.json()["choices"][0]["message"]["content"] is not None
+
+
+def test_64_streaming_clients_with_8_leaving_early(nano, scene_url) -> None:
+    async def one(client, leave: bool) -> str:
+        async with client.stream("POST", "/v1/chat/completions", json=_body(scene_url, 12, True)) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if leave:
+                    return "left"  # closing the stream here disconnects mid-answer
+                if line == "data: [DONE]":
+                    return "done"
+                json.loads(line[6:])
+        return "cut"
+
+    async def main(url: str) -> list:
+        limits = httpx.Limits(max_connections=80)
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+            return await asyncio.gather(*(one(client, leave=i % 8 == 3) for i in range(64)))
+
+    threads_before = threading.active_count()
+    with live_server(nano, ServerSettings(slots=2, queue=64)) as (url, engine):
+        threads_with_server = threading.active_count()
+        outcomes = asyncio.run(main(url))
+        _settle(engine)
+        assert engine.running == 0 and engine.waiting == 0
+        # at most the event loop's pooled workers (image decoding, tokenizing) were added
+        pool = min(32, (os.cpu_count() or 1) + 4)
+        assert threading.active_count() <= threads_with_server + pool
+        assert sum(t.name.startswith("omnivision-slot") for t in threading.enumerate()) == 2
+    assert outcomes.count("left") == 8 and outcomes.count("done") == 56
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= threads_before
+
+
+def test_a_disconnected_stream_stops_its_generation(nano, scene_url, monkeypatch) -> None:
+    """One slot, an answer of 400 tokens at >= 10 ms each (no stop token, a slowed decoder):
+    leaving after the first token frees the slot long before the answer could have finished."""
+    monkeypatch.setattr(nano.config, "stop_token_ids", ())
+    forward = nano.model.language.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(0.01)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(nano.model.language, "forward", slow)
+
+    async def main(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            async with client.stream("POST", "/v1/chat/completions", json=_body(scene_url, 400, True)) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and '"content": ""' not in line:
+                        break
+
+    with live_server(nano, ServerSettings(slots=1)) as (url, engine):
+        asyncio.run(main(url))
+        left = time.monotonic()
+        while engine.running and time.monotonic() - left < 10:
+            time.sleep(0.01)
+        assert engine.running == 0
+        assert time.monotonic() - left < 2.0  # the whole answer takes over 4 s
