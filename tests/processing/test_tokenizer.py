@@ -141,3 +141,28 @@ def test_stream_decoder_holds_back_partial_utf8() -> None:
 def test_find_local_qwen_tokenizer(tmp_path: Path, qwen_tokenizer_json: Path) -> None:
     found = find_local_qwen_tokenizer(cache_dir=tmp_path)
     assert found is not None and found.read_bytes() == qwen_tokenizer_json.read_bytes()
+
+
+def test_literal_and_special_encodes_from_many_threads_never_mix() -> None:
+    """The literal path flips a switch on the shared backend; a special-token encode running at the
+    same moment in another thread must still see `<|im_start|>` as one token (the server encodes in
+    worker threads)."""
+    import threading
+
+    tok = byte_level_tokenizer()
+    text = "<|im_start|>user hi"
+    special, literal = tok.encode(text), tok.encode(text, allow_special=False)
+    assert special != literal
+    wrong = []
+
+    def work(allow: bool) -> None:
+        for _ in range(300):
+            if tok.encode(text, allow_special=allow) != (special if allow else literal):
+                wrong.append(allow)
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

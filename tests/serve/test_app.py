@@ -105,7 +105,8 @@ def test_models_and_health(nano) -> None:
         assert page.status_code == 200 and "<form" in page.text
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe", b'{"model": "omnivision", "messages": [}'])
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe", b'{"model": "omnivision", "messages": [}',
+                                 b"[" * 200_000, b'{"a":' * 100_000])
 def test_malformed_json_is_400_not_422(nano, raw) -> None:
     with client_for(nano) as client:
         error = _error(client.post("/v1/chat/completions", content=raw,
@@ -133,6 +134,8 @@ def test_context_overflow_is_found_before_any_image_is_decoded(nano, scene_url, 
         assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
         error = _error(client.post("/v1/chat/completions", json=_ask(scene_url, max_tokens=context * 4)), 400)
         assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
+        error = _error(client.post("/v1/chat/completions", json=_ask(scene_url, max_completion_tokens=context)), 400)
+        assert error["param"] == "max_completion_tokens"
 
 
 def test_image_errors_name_the_field(nano) -> None:
@@ -157,6 +160,35 @@ def test_bad_parameters_never_reach_the_model(nano) -> None:
                              ({"temperature": -1}, "temperature")):
             assert _error(client.post("/v1/chat/completions", json=_ask(None, **extra)), 400)["param"] == param
         assert client.engine.running == 0 and client.engine.waiting == 0
+
+
+def test_odd_image_paths_are_400s(nano, tmp_path) -> None:
+    with client_for(nano, ServerSettings(image_root=tmp_path)) as client:
+        for url in ("a\u0000b.png", "file://[x", "https://[::1/x.png", "https://h:99999/x.png"):
+            assert _error(client.post("/v1/chat/completions", json=_ask(url)), 400)["param"] == \
+                "messages[0].content[0].image_url.url", url
+
+
+def test_a_server_without_a_queue_still_uses_its_idle_slot(nano) -> None:
+    with client_for(nano, ServerSettings(queue=0)) as client:
+        assert client.post("/v1/chat/completions", json=_ask(None, max_tokens=2)).status_code == 200
+        assert client.engine.running == 0 and client.engine.waiting == 0
+
+
+def test_without_max_tokens_the_answer_is_capped_by_the_default(nano, monkeypatch) -> None:
+    seen = []
+    from omnivision.serve import engine as engine_module
+
+    real = engine_module.generate
+
+    def spy(model, ids, embeds, cfg, hooks=None):
+        seen.append(cfg.max_new_tokens)
+        return real(model, ids, embeds, cfg, hooks)
+
+    monkeypatch.setattr(engine_module, "generate", spy)
+    with client_for(nano, ServerSettings(default_max_tokens=7)) as client:
+        assert client.post("/v1/chat/completions", json=_ask(None)).status_code == 200
+    assert seen == [7]
 
 
 def test_unknown_fields_are_ignored(nano) -> None:

@@ -50,18 +50,34 @@ def test_a_full_queue_answers_503_with_retry_after(nano, scene_url) -> None:
             assert r.json()["choices"][0]["message"]["content"] is not None
 
 
-def test_64_streaming_clients_with_8_leaving_early(nano, scene_url) -> None:
+@pytest.fixture
+def slow_endless(nano, monkeypatch):
+    """No stop token and >= 5 ms per decoding step: answers run to max_tokens, slowly enough that a
+    generation left running after its client went away is seen."""
+    monkeypatch.setattr(nano.config, "stop_token_ids", ())
+    forward = nano.model.language.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(0.005)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(nano.model.language, "forward", slow)
+    return nano
+
+
+def test_64_streaming_clients_with_8_leaving_early(slow_endless, scene_url) -> None:
     async def one(client, leave: bool) -> str:
-        async with client.stream("POST", "/v1/chat/completions", json=_body(scene_url, 12, True)) as r:
+        body = _body(scene_url, 400 if leave else 6, True)  # a leaver's answer would take over 2 s
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
             assert r.status_code == 200
             async for line in r.aiter_lines():
                 if not line.startswith("data: "):
                     continue
-                if leave:
-                    return "left"  # closing the stream here disconnects mid-answer
                 if line == "data: [DONE]":
                     return "done"
-                json.loads(line[6:])
+                chunk = json.loads(line[6:])
+                if leave and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    return "left"  # closing the stream here disconnects mid-answer
         return "cut"
 
     async def main(url: str) -> list:
@@ -70,11 +86,12 @@ def test_64_streaming_clients_with_8_leaving_early(nano, scene_url) -> None:
             return await asyncio.gather(*(one(client, leave=i % 8 == 3) for i in range(64)))
 
     threads_before = threading.active_count()
-    with live_server(nano, ServerSettings(slots=2, queue=64)) as (url, engine):
+    with live_server(slow_endless, ServerSettings(slots=2, queue=64)) as (url, engine):
         threads_with_server = threading.active_count()
         outcomes = asyncio.run(main(url))
         _settle(engine)
         assert engine.running == 0 and engine.waiting == 0
+        assert engine.cancelled == 8  # every leaver's generation was stopped, none ran to its end
         # at most the event loop's pooled workers (image decoding, tokenizing) were added
         pool = min(32, (os.cpu_count() or 1) + 4)
         assert threading.active_count() <= threads_with_server + pool
@@ -86,29 +103,42 @@ def test_64_streaming_clients_with_8_leaving_early(nano, scene_url) -> None:
     assert threading.active_count() <= threads_before
 
 
-def test_a_disconnected_stream_stops_its_generation(nano, scene_url, monkeypatch) -> None:
-    """One slot, an answer of 400 tokens at >= 10 ms each (no stop token, a slowed decoder):
-    leaving after the first token frees the slot long before the answer could have finished."""
-    monkeypatch.setattr(nano.config, "stop_token_ids", ())
-    forward = nano.model.language.forward
-
-    def slow(*args, **kwargs):
-        time.sleep(0.01)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(nano.model.language, "forward", slow)
-
+def test_a_disconnected_stream_stops_its_generation(slow_endless, scene_url) -> None:
+    """One slot, an answer of 400 tokens at >= 5 ms each: leaving after the first token frees the
+    slot long before the answer could have finished."""
     async def main(url: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             async with client.stream("POST", "/v1/chat/completions", json=_body(scene_url, 400, True)) as r:
+                assert r.status_code == 200
                 async for line in r.aiter_lines():
                     if line.startswith("data: ") and '"content": ""' not in line:
-                        break
+                        assert json.loads(line[6:])["choices"][0]["delta"]["content"]
+                        return
+                raise AssertionError("no content arrived")
 
-    with live_server(nano, ServerSettings(slots=1)) as (url, engine):
+    with live_server(slow_endless, ServerSettings(slots=1)) as (url, engine):
         asyncio.run(main(url))
         left = time.monotonic()
         while engine.running and time.monotonic() - left < 10:
             time.sleep(0.01)
-        assert engine.running == 0
-        assert time.monotonic() - left < 2.0  # the whole answer takes over 4 s
+        assert engine.running == 0 and engine.cancelled == 1
+        assert time.monotonic() - left < 1.5  # the whole answer takes over 2 s
+
+
+def test_a_client_leaving_a_plain_request_stops_its_generation(slow_endless, scene_url) -> None:
+    async def main(url: str, engine) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            task = asyncio.create_task(client.post("/v1/chat/completions", json=_body(scene_url, 400, False)))
+            while not engine.running:
+                await asyncio.sleep(0.01)
+            task.cancel()  # closes the connection without reading an answer
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    with live_server(slow_endless, ServerSettings(slots=1)) as (url, engine):
+        asyncio.run(main(url, engine))
+        left = time.monotonic()
+        while engine.running and time.monotonic() - left < 10:
+            time.sleep(0.01)
+        assert engine.running == 0 and engine.cancelled == 1
+        assert time.monotonic() - left < 1.5

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from omnivision.serve.settings import ServerSettings
+from omnivision.serve.settings import RemoteMedia, ServerSettings
 from tests.serve.conftest import client_for
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -20,9 +20,12 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(nano):
-    # short generations: the fuzz is about input handling, not answers
-    with client_for(nano, ServerSettings(request_timeout_s=0.02)) as client:
+def fuzz_client(nano, tmp_path_factory):
+    # short generations (the fuzz is about input handling), local paths and remote hosts enabled so
+    # that image URLs reach every branch of the intake (the remote host never resolves here)
+    settings = ServerSettings(request_timeout_s=0.02, image_root=tmp_path_factory.mktemp("images"),
+                              remote=RemoteMedia(("images.invalid",), timeout_s=0.5))
+    with client_for(nano, settings) as client:
         yield client
 
 

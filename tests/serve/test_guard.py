@@ -50,6 +50,8 @@ def test_with_a_key_every_route_but_health_needs_it(nano) -> None:
         basic = base64.b64encode(f"user:{KEY}".encode()).decode()
         assert client.get("/", headers={"authorization": f"Basic {basic}"}).status_code == 200
         assert client.get("/", headers={"authorization": "Basic ###"}).status_code == 401
+        for junk in ("Basic \u00e9\u00e9", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Bearer", ""):
+            assert client.get("/v1/models", headers={"authorization": junk.encode("latin-1")}).status_code == 401
 
 
 def test_keys_are_compared_in_constant_time(nano, monkeypatch) -> None:

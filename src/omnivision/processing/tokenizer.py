@@ -155,11 +155,13 @@ class Tokenizer:
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
         """Ids for `text`; special tokens written in the text become their ids only when allowed.
 
-        Non-special added tokens (e.g. `<tool_call>`) are always matched, as in llama.cpp.
+        Non-special added tokens (e.g. `<tool_call>`) are always matched, as in llama.cpp. Both
+        paths hold the lock: the literal path flips a flag on the shared backend, and a concurrent
+        encode (the server tokenizes in worker threads) must never see it flipped.
         """
-        if allow_special:
-            return self._backend.encode(text, add_special_tokens=False).ids
         with self._lock:
+            if allow_special:
+                return self._backend.encode(text, add_special_tokens=False).ids
             self._backend.encode_special_tokens = True
             try:
                 return self._backend.encode(text, add_special_tokens=False).ids

@@ -32,6 +32,8 @@ from omnivision.serve.settings import ServerSettings
 from omnivision.vlm import OmniVision
 
 RETRY_AFTER_S = 2
+DISCONNECT_POLL_S = 0.25
+"""How often a plain (non-streamed) request checks that its client is still there."""
 
 
 def _error_response(e: APIError) -> JSONResponse:
@@ -47,12 +49,14 @@ def _prompt_ids(vlm: OmniVision, req: ChatRequest) -> list[int]:
                         escape_content=True)
 
 
-def _token_budget(vlm: OmniVision, req: ChatRequest, prompt: int) -> int:
+def _token_budget(vlm: OmniVision, req: ChatRequest, prompt: int, default: int) -> int:
+    """The answer's token limit: the request's, else the rest of the context up to `default` (the
+    KV cache is sized for it up front)."""
     context = vlm.config.text.max_position_embeddings
     if req.max_tokens is not None and req.max_tokens >= context:
-        raise bad_request(f"max_tokens is {req.max_tokens}; this model's context is {context} tokens",
-                          "max_tokens", "context_length_exceeded")
-    wanted = req.max_tokens if req.max_tokens is not None else context - prompt
+        raise bad_request(f"{req.max_tokens_field} is {req.max_tokens}; this model's context is {context} tokens",
+                          req.max_tokens_field, "context_length_exceeded")
+    wanted = req.max_tokens if req.max_tokens is not None else min(context - prompt, default)
     if prompt + max(wanted, 1) > context:
         raise bad_request(f"the prompt is {prompt} tokens and asks for {wanted} more; this model's context "
                           f"is {context} tokens", "messages", "context_length_exceeded")
@@ -112,22 +116,30 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
         raw = await request.body()
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
+            raise APIError(400, f"the request body is not valid JSON: {type(e).__name__}: {str(e)[:200]}",
+                           code="invalid_json") from None
         req = parse_chat_request(body, settings.limits)
         if req.model != settings.model_name:
             raise APIError(404, f"the model {req.model!r} does not exist; this server has {settings.model_name!r}",
                            param="model", code="model_not_found")
         ids = await asyncio.to_thread(_prompt_ids, vlm, req)
-        budget = _token_budget(vlm, req, len(ids))
-        constraint_factory = None
-        if req.response_format["type"] != "text":
-            from omnivision.serve.json_output import constraint_factory as make
+        budget = _token_budget(vlm, req, len(ids), settings.default_max_tokens)
+        try:
+            engine.admit()  # a place in the queue before paying for the schema and the images
+        except Overloaded as e:
+            raise _overloaded(str(e)) from None
+        try:
+            constraint_factory = None
+            if req.response_format["type"] != "text":
+                from omnivision.serve.json_output import constraint_factory as make
 
-            constraint_factory = make(vlm.tokenizer, req.response_format, vlm.config.stop_token_ids)
-        if engine.waiting >= engine.queue_limit:  # before paying for the images
-            raise _overloaded("the queue is full")
-        images = await asyncio.to_thread(_images, req, settings)
+                constraint_factory = await asyncio.to_thread(make, vlm.tokenizer, req.response_format,
+                                                             vlm.config.stop_token_ids)
+            images = await asyncio.to_thread(_images, req, settings)
+        except BaseException:
+            engine.release()
+            raise
         job = Job(ids, images, _choices(req, budget, constraint_factory),
                   deadline_s=time.monotonic() + settings.request_timeout_s, loop=asyncio.get_running_loop())
         try:
@@ -158,14 +170,19 @@ async def _complete(engine: Engine, job: Job, req: ChatRequest, cid: str, create
     texts = [[] for _ in range(req.n)]
     logprobs: list[list | None] = [[] if req.logprobs else None for _ in range(req.n)]
     reasons = ["stop"] * req.n
+    next_check = time.monotonic() + DISCONNECT_POLL_S
     try:
         while True:
             try:
-                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
+                event = await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
+                event = None
+            if time.monotonic() >= next_check:  # also while events keep coming
+                next_check = time.monotonic() + DISCONNECT_POLL_S
                 if await request.is_disconnected():
                     engine.cancel(job)
                     return Response(status_code=499)
+            if event is None:
                 continue
             kind = event[0]
             if kind == "piece":

@@ -38,6 +38,8 @@ class ChatRequest:
     system_prompt: str | None
     """The request's system message, or None to use the model's own."""
     max_tokens: int | None
+    max_tokens_field: str = "max_tokens"
+    """Which field the request used (`max_tokens` or `max_completion_tokens`), for errors."""
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
@@ -209,9 +211,9 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         raise bad_request("model must be a non-empty string", "model")
     _refuse_unsupported(body)
     messages, system = _messages(body, limits)
-    max_tokens = _integer(body, "max_completion_tokens", 1, None)
+    max_tokens, field_name = _integer(body, "max_completion_tokens", 1, None), "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1, None)
+        max_tokens, field_name = _integer(body, "max_tokens", 1, None), "max_tokens"
     logprobs = _flag(body, "logprobs")
     top_logprobs = _integer(body, "top_logprobs", 0, limits.max_top_logprobs) or 0
     if top_logprobs and not logprobs:
@@ -228,6 +230,7 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         raise bad_request(f"seed must be a 64-bit integer, got {seed!r}", "seed")
     return ChatRequest(
         model=model, messages=tuple(messages), system_prompt=system, max_tokens=max_tokens,
+        max_tokens_field=field_name,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=_stop(body, limits), seed=seed, n=_integer(body, "n", 1, limits.max_n) or 1,

@@ -95,6 +95,9 @@ class Engine:
         self._lock = threading.Condition()
         self._encode_lock = threading.Lock()
         self.running = 0
+        self._admitted = 0  # requests past admission, still decoding their images
+        self.cancelled = 0
+        """Jobs stopped by their client leaving: taken out of the queue, or stopped mid-answer."""
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"omnivision-slot-{i}", daemon=True)
                          for i in range(slots)]
@@ -103,14 +106,29 @@ class Engine:
 
     # --- the app's side -------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> None:
+    def admit(self) -> None:
+        """Reserve a place (a slot or the queue) before the request's images are decoded, so that
+        a flood of requests is refused before it costs any decoding; `submit` or `release` ends it."""
         with self._lock:
             if self._closed:
                 raise Overloaded("the server is shutting down")
-            idle = len(self._threads) - self.running - len(self._waiting)
-            if idle <= 0 and len(self._waiting) >= self.queue_limit:
-                raise Overloaded(f"all {len(self._threads)} slots are busy and {len(self._waiting)} "
+            ahead = self.running + len(self._waiting) + self._admitted
+            if ahead >= len(self._threads) + self.queue_limit:
+                raise Overloaded(f"all {len(self._threads)} slots are busy and {self.queue_limit} "
                                  "requests are waiting")
+            self._admitted += 1
+
+    def release(self) -> None:
+        """Give back an admission that will not be submitted (its request failed)."""
+        with self._lock:
+            self._admitted -= 1
+
+    def submit(self, job: Job) -> None:
+        """Queue an admitted job for the next free slot."""
+        with self._lock:
+            self._admitted -= 1
+            if self._closed:
+                raise Overloaded("the server is shutting down")
             self._waiting.append(job)
             self._lock.notify()
 
@@ -119,6 +137,7 @@ class Engine:
         with self._lock:
             try:
                 self._waiting.remove(job)
+                self.cancelled += 1
             except ValueError:
                 pass
 
@@ -202,6 +221,8 @@ class Engine:
                 records.append(_logprob_entry(tokenizer, token, logprob, alternatives))
             job.emit(("piece", index, piece, records))
         if state["reason"] == "cancelled":
+            with self._lock:
+                self.cancelled += 1
             return len(text.token_ids)
         reason = "stop" if text.stopped_by is not None else state["reason"]
         job.emit(("finish", index, reason))

@@ -54,7 +54,7 @@ def _presented_key(headers: dict[bytes, bytes]) -> str | None:
     if scheme.lower() == "basic":
         try:
             return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # bad base64, non-ASCII input, non-UTF-8 credentials
             return None
     key = headers.get(b"x-api-key")
     return key.decode("latin-1") if key is not None else None

@@ -57,9 +57,12 @@ def _from_file(url: str, ref: ImageRef, settings: ServerSettings) -> bytes:
     if root is None:
         raise bad_request("local image paths are not enabled on this server (see --image-root)",
                           ref.param, "local_media_disabled")
-    raw = unquote(urlsplit(url).path) if url.startswith("file://") else url
-    root = root.resolve()
-    path = (root / raw).resolve()  # an absolute `raw` replaces the root, and is then checked
+    try:
+        raw = unquote(urlsplit(url).path) if url.startswith("file://") else url
+        root = root.resolve()
+        path = (root / raw).resolve()  # an absolute `raw` replaces the root, and is then checked
+    except (ValueError, OSError):  # a NUL byte, a malformed file:// URL
+        raise bad_request("the image path is not a valid path", ref.param, "invalid_image_url") from None
     if not path.is_relative_to(root):
         raise bad_request("the image path is outside the server's image root", ref.param, "invalid_image_url")
     try:

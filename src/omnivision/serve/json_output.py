@@ -5,13 +5,15 @@ schema into a grammar over this model's own tokenizer and, at every step, gives 
 that keep the output a valid prefix; everything else is masked to -inf before sampling, and the end
 of the answer is allowed only once the JSON is complete. So an answer that ends by itself (not by
 `max_tokens`) is valid JSON that matches the schema. `json_object` is the schema `{"type": "object"}`.
-The tokenizer conversion is done once per tokenizer and kept.
+The tokenizer conversion is done once per tokenizer object and kept; the app runs all of this off
+the event loop.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -20,11 +22,19 @@ from omnivision.processing.tokenizer import Tokenizer
 from omnivision.serve.errors import bad_request
 
 
-@lru_cache(maxsize=4)
-def _ll_tokenizer(tokenizer_json: str, vocab_size: int, eos: int):
+_CONVERTED: "weakref.WeakKeyDictionary[Tokenizer, Any]" = weakref.WeakKeyDictionary()
+_CONVERTING = threading.Lock()
+
+
+def _ll_tokenizer(tokenizer: Tokenizer, eos: int):
+    """llguidance's view of `tokenizer`, converted once per tokenizer object (seconds for 151k tokens)."""
     import llguidance
 
-    return llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos)
+    with _CONVERTING:
+        if tokenizer not in _CONVERTED:
+            _CONVERTED[tokenizer] = llguidance.LLTokenizer(tokenizer.backend.to_str(), n_vocab=tokenizer.vocab_size,
+                                                           eos_token=eos)
+        return _CONVERTED[tokenizer]
 
 
 _LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -70,7 +80,7 @@ def constraint_factory(tokenizer: Tokenizer, response_format: dict[str, Any],
         raise bad_request("JSON output needs the llguidance package on the server (the serve extra)",
                           "response_format", "unsupported_parameter") from None
     vocab = tokenizer.vocab_size
-    ll_tok = _ll_tokenizer(tokenizer.backend.to_str(), vocab, stop_ids[0])
+    ll_tok = _ll_tokenizer(tokenizer, stop_ids[0])
     schema = _schema(response_format)
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=_LAYOUT)

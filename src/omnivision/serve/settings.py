@@ -53,6 +53,8 @@ class ServerSettings:
     """Generations that run at once."""
     queue: int = 64
     """Requests that may wait for a slot; more are refused with 503."""
+    default_max_tokens: int = 4096
+    """Answer length when a request gives none (also bounded by the context)."""
     request_timeout_s: float = 600.0
     """Wall-clock limit of one generation; it ends with finish_reason "length" when reached."""
     image_root: Path | None = None
