@@ -103,3 +103,25 @@ def test_errors_leak_no_paths_or_traces(nano, tmp_path) -> None:
             {"type": "image_url", "image_url": {"url": "does/not/exist.png"}}]}]}
         r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400 and str(tmp_path) not in r.text and "Traceback" not in r.text
+
+
+def test_huge_headers_are_refused_and_the_server_stays_healthy(nano) -> None:
+    import socket
+    import urllib.request
+
+    from tests.serve.conftest import live_server
+
+    with live_server(nano) as (url, _):
+        host, port = url.rsplit(":", 1)[0][7:], int(url.rsplit(":", 1)[1])
+        for headers in ([("X-Big", "a" * 1_000_000)], [(f"X-H{i}", "b" * 8000) for i in range(200)]):
+            with socket.create_connection((host, port), timeout=10) as s:
+                head = "GET /health HTTP/1.1\r\nHost: localhost\r\n"
+                head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+                try:
+                    s.sendall(head.encode())
+                except OSError:
+                    pass  # the server may close before reading it all
+                reply = s.recv(64)
+            assert reply == b"" or reply.split(b" ")[1] in (b"400", b"413", b"431"), reply
+        with urllib.request.urlopen(url + "/health", timeout=10) as r:
+            assert r.status == 200
