@@ -1,0 +1,120 @@
+"""Load benchmark of `omnivision serve` (not a test): requests/s and time to first token under load.
+
+    python scripts/serve_load.py                                  # the bundled nano model
+    omnivision init --preset omnivision-968m --random-weights /tmp/omni968 --dtype bfloat16
+    python scripts/serve_load.py --model /tmp/omni968 --max-tokens 32
+
+Starts the server in this process on a free loopback port (uvicorn in a thread, the same app as
+`omnivision serve`), then for each concurrency level keeps that many streaming clients busy until
+`--requests-per-client` questions each have been answered. Every question carries a different
+random 384x384 PNG, so the image-embedding cache never helps. Prints one Markdown row per level:
+requests/s, generated tokens/s, p50 / p99 time to first token and p50 end-to-end latency, measured
+on the client side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import torch
+import uvicorn
+from PIL import Image
+
+from omnivision.loader import BUNDLED, load
+from omnivision.serve.app import create_app
+from omnivision.serve.settings import ServerSettings
+
+
+def _image_url(seed: int, size: int = 384) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+async def _ask(client: httpx.AsyncClient, url: str, max_tokens: int) -> tuple[float, float, int]:
+    body = {"model": "omnivision", "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": "Describe this image."}]}]}
+    start, first, tokens = time.perf_counter(), None, 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    return (first or end) - start, end - start, tokens
+
+
+async def _level(base: str, concurrency: int, per_client: int, max_tokens: int, images: list[str]) -> dict:
+    results: list[tuple[float, float, int]] = []
+
+    async def worker(w: int) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+            for i in range(per_client):
+                results.append(await _ask(client, images[(w * per_client + i) % len(images)], max_tokens))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    wall = time.perf_counter() - started
+    ttft = sorted(r[0] for r in results)
+    return {"concurrency": concurrency, "requests": len(results), "req_s": len(results) / wall,
+            "tok_s": sum(r[2] for r in results) / wall, "ttft_p50": statistics.median(ttft),
+            "ttft_p99": ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))],
+            "e2e_p50": statistics.median(r[1] for r in results)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model source (default: the bundled nano model)")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--slots", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vlm = load(args.model or BUNDLED)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    images = [_image_url(seed, vlm.config.vision.image_size) for seed in range(max(levels) * args.requests_per_client + 1)]
+    server = uvicorn.Server(uvicorn.Config(create_app(vlm, ServerSettings(slots=args.slots, queue=256)),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    asyncio.run(_level(base, 1, 1, args.max_tokens, images[-1:]))  # warm-up
+    print(f"model: {args.model or 'bundled nano'}; slots {args.slots}; {args.max_tokens} tokens per answer; "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads\n")
+    print("| concurrency | requests | requests/s | tokens/s | TTFT p50 s | TTFT p99 s | e2e p50 s |")
+    print("|---|---|---|---|---|---|---|")
+    for c in levels:
+        r = asyncio.run(_level(base, c, args.requests_per_client, args.max_tokens, images))
+        print(f"| {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | {r['ttft_p50']:.3f} | "
+              f"{r['ttft_p99']:.3f} | {r['e2e_p50']:.3f} |", flush=True)
+    server.should_exit = True
+    thread.join(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
