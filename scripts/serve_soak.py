@@ -57,8 +57,6 @@ async def _client(client: httpx.AsyncClient, model: str, stop_at: float, stats: 
                             stats["ttft"].append(time.monotonic() - start)
                             if leave:
                                 break
-                    if not leave:
-                        await r.aread()
             else:
                 r = await client.post("/v1/chat/completions", json=_body(False, model))
                 stats["status"].append(r.status_code)
