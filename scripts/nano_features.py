@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from omnivision.data.shapes import POSITIONS
+from omnivision.data.shape_scenes import POSITIONS
 from omnivision.loader import load
 from omnivision.model.projector import spatial3x3
-from omnivision.train.image_batches import ImageLoader
+from omnivision.train.image_loader import ImageLoader
 
 
 @torch.no_grad()

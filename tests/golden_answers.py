@@ -125,7 +125,7 @@ def serve_probes() -> dict:
 
 
 def eval_probes(tmp: Path) -> dict:
-    from omnivision.data.generate import generate_shapes_dataset
+    from omnivision.data.shapes_dataset import generate_shapes_dataset
 
     data = tmp / "shapes"
     generate_shapes_dataset(data, 12, 4242, image_size=load(BUNDLED).config.vision.image_size)

@@ -12,10 +12,10 @@ import torch
 
 from omnivision.cli.main import main
 from omnivision.data.formats import read_qa
-from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.data.questions import answer_question
 from omnivision.data.scenes import read_scenes
-from omnivision.eval.shapes import normalise, pope_metrics, qa_accuracy
+from omnivision.eval.shapes_accuracy import normalise, pope_metrics, qa_accuracy
 from omnivision.loader import BUNDLED, load
 from omnivision.weights.native import is_native
 from omnivision.weights.release_read import find_release, load_release

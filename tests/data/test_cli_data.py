@@ -7,7 +7,7 @@ import json
 import pytest
 
 from omnivision.cli.main import main
-from omnivision.data.generate import FILES
+from omnivision.data.shapes_dataset import FILES
 
 
 def test_shapes_writes_the_dataset_and_prints_one_line(tmp_path, capsys):

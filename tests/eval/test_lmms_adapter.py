@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from omnivision.data.formats import read_qa
-from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.loader import BUNDLED
 from omnivision.weights.native import is_native
 

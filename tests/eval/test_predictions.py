@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from omnivision.data.jsonfiles import DataError
+from omnivision.json_files import DataError
 from omnivision.eval import predictions
 
 

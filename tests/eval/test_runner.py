@@ -13,7 +13,7 @@ import pytest
 
 import omnivision
 from omnivision.eval import predictions, run_record, runner
-from omnivision.eval.models import LocalModel
+from omnivision.eval.evaluated_models import LocalModel
 from omnivision.eval.scoring.mmvet import GraderPrompt, load_grader_prompt
 from omnivision.eval.tasks import Generation, TaskDataError, UnknownTaskError, get_task, images
 from tests.chat_server import ChatServer

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from omnivision.train import distributed
+from omnivision import process_group
 from omnivision.train.config import TrainConfig
 from omnivision.train.loop import train
 
@@ -128,10 +128,10 @@ def main():
                    collate, TrainConfig(**args["cfg"]), trainable=not_embed,
                    resume=args.get("resume", False), on_checkpoint=marker)
     state = full_state(model)
-    if distributed.is_main():
+    if process_group.is_main():
         save_file({k: v.detach().contiguous() for k, v in state.items()}, args["weights_out"])
         print("FINAL", result.final_loss, flush=True)
-    distributed.cleanup()
+    process_group.cleanup()
 
 
 if __name__ == "__main__":
@@ -161,7 +161,7 @@ def fp32_cfg():
 def make_workspace():
     """A function (root, scenes, seed) -> root that writes a generated dataset under root/data and a
     random tiny model with the byte-level tokenizer under root/start: what the recipe tests start from."""
-    from omnivision.data.generate import generate_shapes_dataset
+    from omnivision.data.shapes_dataset import generate_shapes_dataset
     from omnivision.processing.byte_tokenizer import byte_level_tokenizer
     from omnivision.weights.random_init import write_random_checkpoint
 

@@ -8,13 +8,13 @@ import dataclasses
 import torch
 
 from omnivision.config import preset
-from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.data.questions import caption, descriptions
 from omnivision.data.scenes import read_scenes
 from omnivision.model import init_weights
 from omnivision.processing.byte_tokenizer import byte_level_tokenizer
 from omnivision.train.config import TrainConfig
-from omnivision.train.image_batches import ImageLoader
+from omnivision.train.image_loader import ImageLoader
 from omnivision.train.recipe_siglip import (
     CaptionItem,
     SiglipPretrainModel,

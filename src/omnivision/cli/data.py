@@ -1,7 +1,7 @@
 """`omnivision data`: make and check datasets.
 
 - `omnivision data shapes --out DIR --n N --seed S [--image-size 96] [--chart-fraction 0.2]` writes
-  a procedural dataset (see `omnivision.data.generate`).
+  a procedural dataset (see `omnivision.data.shapes_dataset`).
 - `omnivision data check FILE --kind KIND [--images DIR] [--skip-bad]` reads a dataset file,
   validating every record, and with `--images` checks that every image exists and decodes.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from omnivision.data.formats import read_captions, read_conversations, read_preferences, read_qa
-from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.data.images import check_images
 
 READERS = {"conversations": read_conversations, "captions": read_captions,

@@ -140,10 +140,10 @@ def _settings(args: argparse.Namespace, task_names: list[str]):
 
 
 def _model(args: argparse.Namespace, device):
-    from omnivision.eval.models import EndpointModel, LocalModel
+    from omnivision.eval.evaluated_models import EndpointModel, LocalModel
 
     if args.endpoint:
-        from omnivision.endpoint import ChatClient
+        from omnivision.chat_client import ChatClient
 
         return EndpointModel(ChatClient(args.endpoint, api_key_env=args.endpoint_key_env),
                              args.endpoint_model, concurrency=args.endpoint_concurrency, seed=args.seed)
@@ -159,7 +159,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
     import torch
 
     from omnivision.eval import report, runner
-    from omnivision.train import distributed
+    from omnivision import process_group
 
     names = _task_names(args.tasks)
     tasks = runner.resolve_tasks(names)
@@ -168,10 +168,10 @@ def _run_tasks(args: argparse.Namespace) -> int:
     if not args.endpoint and args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available")
     # joining the process group comes after the checks, so bad input fails before any waiting
-    info = distributed.setup("cpu" if args.endpoint else args.device)
+    info = process_group.setup("cpu" if args.endpoint else args.device)
     model = _model(args, info.device)
     done = runner.predict(tasks, model, settings)
-    distributed.cleanup()  # every process has answered: the barrier phase 2 needs
+    process_group.cleanup()  # every process has answered: the barrier phase 2 needs
     if not info.is_main:
         return 0
     options = {k: v for k, v in vars(args).items() if k != "handler"}

@@ -14,7 +14,7 @@ from pathlib import Path
 from omnivision.loader import BUNDLED, load
 from omnivision.quantize import QuantSummary, parse_scheme, quantize_model
 from omnivision.model.qwen2 import LanguageOnly
-from omnivision.quantize.check import CheckResult, check_language_model, check_quantized, probe_items
+from omnivision.eval.quantization_quality import CheckResult, check_language_model, check_quantized, probe_items
 from omnivision.quantize.scheme import parse_parts
 from omnivision.weights.native import save_native
 from omnivision.weights.release_read import load_language_model

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from omnivision.data.shapes import BACKGROUND
+from omnivision.data.shape_scenes import BACKGROUND
 
 BAR_LABELS = ("A", "B", "C", "D")
 MAX_VALUE = 9

@@ -26,7 +26,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from omnivision.data.jsonfiles import DataError, iter_json_records, write_json, write_json_lines
+from omnivision.json_files import DataError, iter_json_records, write_json, write_json_lines
 from omnivision.data.records import (POPE_STRATEGIES, QTYPES, CaptionPair, Conversation,
                                      PreferencePair, QAItem)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Protocol, TypeVar
 
-from omnivision.data.jsonfiles import DataError
+from omnivision.json_files import DataError
 from omnivision.data.records import Source
 from omnivision.processing.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 

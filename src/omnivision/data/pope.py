@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from omnivision.data.questions import Question, probe_text
 from omnivision.data.records import POPE_STRATEGIES
-from omnivision.data.shapes import ShapeScene, all_object_names
+from omnivision.data.shape_scenes import ShapeScene, all_object_names
 
 _VOCAB = all_object_names()
 

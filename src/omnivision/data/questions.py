@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from omnivision.data.charts import ChartScene
 from omnivision.data.scenes import Scene
-from omnivision.data.shapes import COLORS, PLURALS, POSITIONS, SHAPES, ShapeObject, ShapeScene
+from omnivision.data.shape_scenes import COLORS, PLURALS, POSITIONS, SHAPES, ShapeObject, ShapeScene
 
 CAPTION_PROMPT = "Describe the image."
 COLOR_Q = "What color is the object {where}?"

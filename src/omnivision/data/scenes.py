@@ -19,8 +19,8 @@ from typing import Any, Union
 from PIL import Image
 
 from omnivision.data.charts import BAR_LABELS, MAX_VALUE, ChartScene, render_chart
-from omnivision.data.jsonfiles import DataError, iter_json_records
-from omnivision.data.shapes import (COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES, ShapeObject,
+from omnivision.json_files import DataError, iter_json_records
+from omnivision.data.shape_scenes import (COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES, ShapeObject,
                                     ShapeScene, render_shapes)
 
 Scene = Union[ShapeScene, ChartScene]

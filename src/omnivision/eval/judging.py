@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from omnivision.endpoint import ChatClient
+from omnivision.chat_client import ChatClient
 from omnivision.eval.scoring.mmvet import GraderPrompt, MMVetJudge
 from omnivision.eval.scoring.mmvet import aggregate as mmvet_aggregate
 

@@ -36,7 +36,7 @@ except ImportError as e:  # the module is only useful inside lmms-eval
     raise ImportError("omnivision.eval.lmms_adapter needs lmms-eval: "
                       "pip install 'omnivision[lmms-eval]'") from e
 
-from omnivision.eval.models import LocalModel
+from omnivision.eval.evaluated_models import LocalModel
 from omnivision.eval.tasks.base import Generation, Sample
 
 MODEL_NAME = "omnivision"

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from omnivision.data.jsonfiles import DataError, write_json_lines
+from omnivision.json_files import DataError, write_json_lines
 
 MAIN_NAME = "predictions.jsonl"
 

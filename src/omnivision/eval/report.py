@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnivision.data.jsonfiles import write_json
+from omnivision.json_files import write_json
 
 RESULTS_NAME, MARKDOWN_NAME, CHART_NAME = "results.json", "report.md", "report.png"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omnivision.data.jsonfiles import write_json
+from omnivision.json_files import write_json
 from omnivision.eval.tasks import Generation
 
 RUN_NAME = "run.json"

@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from omnivision.data.jsonfiles import write_json_lines
+from omnivision.json_files import write_json_lines
 from omnivision.eval import predictions, report, run_record
 from omnivision.eval.judging import JudgeSettings, judge_records
-from omnivision.eval.models import EvalModel
+from omnivision.eval.evaluated_models import EvalModel
 from omnivision.eval.scoring import LMMS_EVAL, SCORERS, FieldError, mmmu
 from omnivision.eval.scoring.score_file import ScoringError, score_records
 from omnivision.eval.tasks import Sample, Task, TaskDataError, get_task, hub
@@ -264,7 +264,7 @@ def finish(tasks: Sequence[Task], settings: RunSettings, done: Predicted, model:
 def evaluate(tasks: Sequence[Task], model: EvalModel, settings: RunSettings,
              options: Mapping | None = None) -> dict | None:
     """Both phases with a barrier between them; the results on rank 0, None elsewhere."""
-    from omnivision.train.distributed import barrier
+    from omnivision.process_group import barrier
 
     done = predict(tasks, model, settings)
     barrier()

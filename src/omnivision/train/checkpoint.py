@@ -42,7 +42,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from omnivision.train.distributed import barrier, broadcast_object, is_main, unwrap
+from omnivision.process_group import barrier, broadcast_object, is_main
+from omnivision.train.distributed import unwrap
 from omnivision.weights.errors import CheckpointError
 
 TRAINABLE, OPTIMIZER, STATE = "trainable.safetensors", "optimizer.safetensors", "state.json"

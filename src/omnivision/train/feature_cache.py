@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from omnivision.model import OmniVisionModel
-from omnivision.train.image_batches import ImageLoader
+from omnivision.train.image_loader import ImageLoader
 
 
 def tower_fingerprint(model: OmniVisionModel) -> str:

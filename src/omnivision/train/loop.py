@@ -46,11 +46,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
+from omnivision.process_group import all_reduce_means, barrier, broadcast_object, setup
 from omnivision.train.checkpoint import (clean_incomplete, complete_checkpoints, latest_checkpoint,
                                          load_checkpoint, save_checkpoint)
 from omnivision.train.config import TrainConfig, config_to_dict
-from omnivision.train.distributed import (all_reduce_means, barrier, broadcast_object,
-                                          full_state_dict, mode, setup, wrap)
+from omnivision.train.distributed import full_state_dict, mode, wrap
 from omnivision.train.metrics import MetricsLog, plot_curves
 from omnivision.train.schedule import make_scheduler
 

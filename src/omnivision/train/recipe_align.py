@@ -21,10 +21,11 @@ from omnivision.data.images import check_images
 from omnivision.loader import load
 from omnivision.train.collate import Batch, collate_examples
 from omnivision.train.config import TrainConfig
-from omnivision.train.distributed import full_state_dict, is_main
+from omnivision.process_group import is_main
+from omnivision.train.distributed import full_state_dict
 from omnivision.train.encode import EncodedExample, encode_caption
 from omnivision.train.feature_cache import FeatureCache
-from omnivision.train.image_batches import ImageLoader
+from omnivision.train.image_loader import ImageLoader
 from omnivision.train.loop import TrainResult, train
 from omnivision.train.losses import lm_loss
 from omnivision.train.parts import trainable_parts

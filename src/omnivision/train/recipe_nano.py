@@ -1,6 +1,6 @@
 """`omnivision train recipe nano --out DIR`: from nothing to a working small model, on a CPU.
 
-1. Generate training scenes and a held-out set with another seed (`data/generate.py`).
+1. Generate training scenes and a held-out set with another seed (`data/shapes_dataset.py`).
 2. Train a byte-level BPE tokenizer on the generated text, with the chat template's special tokens.
 3. Pretrain the language model on the text alone (`recipe_text.py`).
 4. Pretrain the vision tower with the SigLIP sigmoid loss on captions and short descriptions
@@ -13,7 +13,7 @@
 7. Stage 3: the stage-2 model answers, the ground-truth oracle makes minimal corrections, DPO on the
    kept pairs (`make_pairs.py`, `recipe_dpo.py`).
 
-After stages 1-3 the model is scored on the held-out set (`eval/shapes.py`); `report.json` holds every
+After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json` holds every
 number and `model/` the final native checkpoint. The step counts below fit the 30-minute budget on
 the project's 2-core machine; `scale` multiplies them (a small `scale` is the CI smoke test).
 """
@@ -31,18 +31,18 @@ import torch
 
 from omnivision.config import OmniVisionConfig, ProcessingConfig, ProjectorConfig, TextConfig, VisionConfig
 from omnivision.data.formats import read_captions, read_conversations, read_qa, write_jsonl
-from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.data.questions import caption, descriptions
 from omnivision.data.records import PreferencePair
 from omnivision.data.scenes import read_scenes
-from omnivision.data.shapes import BACKGROUND
-from omnivision.eval.shapes import absent_object_rate, pope_metrics, qa_accuracy
+from omnivision.data.shape_scenes import BACKGROUND
+from omnivision.eval.shapes_accuracy import absent_object_rate, pope_metrics, qa_accuracy
 from omnivision.loader import load
 from omnivision.model import OmniVisionModel, init_weights
 from omnivision.processing.prompt import Message, render
 from omnivision.processing.tokenizer_training import train_byte_level_bpe
 from omnivision.train.config import TrainConfig
-from omnivision.train.image_batches import ImageLoader
+from omnivision.train.image_loader import ImageLoader
 from omnivision.train.make_pairs import PairSource, make_pairs
 from omnivision.train.nano_report import markdown_table
 from omnivision.train.recipe_align import CAPTION_PROMPT, AlignConfig, run_align

@@ -22,7 +22,7 @@ from omnivision.model.qwen2 import Qwen2ForCausalLM
 from omnivision.model.siglip import SiglipVisionTower
 from omnivision.processing.tokenizer import Tokenizer
 from omnivision.train.config import TrainConfig
-from omnivision.train.image_batches import ImageLoader
+from omnivision.train.image_loader import ImageLoader
 from omnivision.train.loop import TrainResult, train
 from omnivision.train.losses import siglip_loss
 

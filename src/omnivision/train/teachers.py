@@ -2,7 +2,7 @@
 correction that makes the answer right (or the answer unchanged when it is already right).
 
 - `EndpointTeacher`: any OpenAI-compatible chat-completions endpoint (through
-  `omnivision.endpoint.ChatClient`: timeout, bounded retries with backoff, key from an environment
+  `omnivision.chat_client.ChatClient`: timeout, bounded retries with backoff, key from an environment
   variable), with the minimal-edit instruction below and a thread pool for concurrency.
 - `OracleTeacher`: knows the ground-truth answer (procedural data) and returns it when the model's
   answer differs, which is the minimal edit for short answers.
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from omnivision.endpoint import ChatClient, EndpointError, user_message
+from omnivision.chat_client import ChatClient, EndpointError, user_message
 
 MINIMAL_EDIT_INSTRUCTION = (
     "You correct answers about images with the smallest possible edit.\n"

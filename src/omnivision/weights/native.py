@@ -26,7 +26,7 @@ import torch
 from omnivision.config import OmniVisionConfig
 from omnivision.model import OmniVisionModel
 from omnivision.processing.tokenizer import Tokenizer
-from omnivision.quantize.checkpoint import apply_recorded, quantization_metadata
+from omnivision.weights.quantized_checkpoint import apply_recorded, quantization_metadata
 from omnivision.weights.errors import CheckpointError
 from omnivision.weights.safetensors_check import check_safetensors
 from omnivision.weights.safetensors_write import ALIGNMENT, save_aligned

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from omnivision.endpoint import ChatClient
+from omnivision.chat_client import ChatClient
 from omnivision.eval.scoring.mmvet import aggregate
 from omnivision.eval.scoring.mmvet_judge import (ROW_END_OFFICIAL, Grade, MMVetJudge, MMVetRecord,
                                                  judge_query, mmvet_records, parse_score)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from omnivision.endpoint import ChatClient, EndpointError, user_message
+from omnivision.chat_client import ChatClient, EndpointError, user_message
 from omnivision.eval.scoring.mmvet_prompt import MMVetError
 from omnivision.eval.scoring.protocol import FieldError
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnivision.data.jsonfiles import DataError, iter_json_records, write_json_lines
+from omnivision.json_files import DataError, iter_json_records, write_json_lines
 from omnivision.eval.scoring import score_options, scorer_for
 from omnivision.eval.scoring.mmmu import RANDOM
 from omnivision.eval.scoring.protocol import LMMS_EVAL, FieldError, check_convention

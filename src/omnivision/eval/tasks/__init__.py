@@ -1,6 +1,6 @@
 """Benchmark tasks that read the standard files from a local folder and build lmms-eval's default
 prompts and generation settings: the registry of tasks by lmms-eval's task name, plus
-`shapes_qa` and `shapes_pope`, which read our own generated data (see `shapes`).
+`shapes_qa` and `shapes_pope`, which read our own generated data (see `generated_shapes`).
 
     from omnivision.eval.tasks import get_task
     for sample in get_task("pope_adv").samples("/data/benchmarks", limit=10):
@@ -9,10 +9,10 @@ prompts and generation settings: the registry of tasks by lmms-eval's task name,
 
 from __future__ import annotations
 
-from omnivision.eval.tasks import chartqa, mmmu, mmvet, pope, scienceqa, shapes
+from omnivision.eval.tasks import chartqa, generated_shapes, mmmu, mmvet, pope, scienceqa
 from omnivision.eval.tasks.base import DEFAULT_UNTIL, Generation, Sample, Task, TaskDataError
 
-TASKS: dict[str, Task] = {task.name: task for module in (pope, scienceqa, mmmu, chartqa, mmvet, shapes)
+TASKS: dict[str, Task] = {task.name: task for module in (pope, scienceqa, mmmu, chartqa, mmvet, generated_shapes)
                           for task in module.TASKS}
 
 

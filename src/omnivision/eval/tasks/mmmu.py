@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from omnivision.data.jsonfiles import write_json
+from omnivision.json_files import write_json
 from omnivision.eval import mmmu_ids
 from omnivision.eval.tasks.base import Generation, Row, Sample, TaskDataError
 from omnivision.eval.tasks.benchmark import BenchmarkTask, lazy_images, option_columns, text

@@ -1,4 +1,4 @@
-"""The nano-model scorer (`eval/shapes.py`), now built on the benchmark scorers, keeps its own
+"""The nano-model scorer (`eval/shapes_accuracy.py`), now built on the benchmark scorers, keeps its own
 results: accuracy per question type, and POPE tables where an answer counts by its first word and
 anything unreadable counts as "no". Expected values are worked out by hand."""
 
@@ -8,7 +8,7 @@ import pytest
 
 from omnivision.data.records import QAItem
 from omnivision.eval.scoring import pope
-from omnivision.eval.shapes import pope_metrics, qa_accuracy, yes_no
+from omnivision.eval.shapes_accuracy import pope_metrics, qa_accuracy, yes_no
 
 
 def answerer(predictions: list[str], calls: list[int]):

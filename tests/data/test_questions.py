@@ -9,7 +9,7 @@ import pytest
 from omnivision.data.charts import ChartScene, sample_chart_scene
 from omnivision.data.questions import (answer_question, caption, chart_questions, descriptions, probe_text,
                                        questions_for, shape_questions)
-from omnivision.data.shapes import (COLORS, PLURALS, POSITIONS, SHAPES, ShapeObject, ShapeScene,
+from omnivision.data.shape_scenes import (COLORS, PLURALS, POSITIONS, SHAPES, ShapeObject, ShapeScene,
                                     sample_shape_scene)
 
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from omnivision.data.charts import ChartScene
 from omnivision.data.formats import read_captions, read_conversations, read_qa
-from omnivision.data.generate import FILES, MAX_TURNS, TRAINING_PROBES, generate_shapes_dataset
+from omnivision.data.shapes_dataset import FILES, MAX_TURNS, TRAINING_PROBES, generate_shapes_dataset
 from omnivision.data.images import check_images
 from omnivision.data.questions import CAPTION_PROMPT, answer_question, caption, questions_for
 from omnivision.data.scenes import read_scenes
-from omnivision.data.shapes import BACKGROUND, POSITIONS, ShapeScene
+from omnivision.data.shape_scenes import BACKGROUND, POSITIONS, ShapeScene
 
 
 def _digest(root: Path) -> dict[str, str]:

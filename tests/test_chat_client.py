@@ -9,8 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from omnivision import endpoint
-from omnivision.endpoint import (ChatClient, EndpointError, chat_completions_url, data_url,
+from omnivision import chat_client
+from omnivision.chat_client import (ChatClient, EndpointError, chat_completions_url, data_url,
                                  image_data_url, user_message)
 from tests import chat_server
 
@@ -21,7 +21,7 @@ server = chat_server.server  # the fixture: server(script) starts a ChatServer
 def sleeps(monkeypatch):
     """Record backoff sleeps instead of waiting."""
     waited: list[float] = []
-    monkeypatch.setattr(endpoint.time, "sleep", waited.append)
+    monkeypatch.setattr(chat_client.time, "sleep", waited.append)
     return waited
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from omnivision.data.shapes import (BACKGROUND, COLORS, MAX_OBJECTS, POSITIONS, SHAPES,
+from omnivision.data.shape_scenes import (BACKGROUND, COLORS, MAX_OBJECTS, POSITIONS, SHAPES,
                                     ShapeObject, ShapeScene, cell_center, render_shapes,
                                     sample_shape_scene)
 

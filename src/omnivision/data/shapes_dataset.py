@@ -33,7 +33,7 @@ from omnivision.data.pope import object_frequencies, pope_probes, training_probe
 from omnivision.data.questions import CAPTION_PROMPT, Question, caption, questions_for
 from omnivision.data.records import POPE_STRATEGIES, CaptionPair, Conversation, QAItem
 from omnivision.data.scenes import SceneRecord, render_scene, scene_to_dict
-from omnivision.data.shapes import (COLORS, POSITIONS, SHAPES, SIZES, ShapeScene,
+from omnivision.data.shape_scenes import (COLORS, POSITIONS, SHAPES, SIZES, ShapeScene,
                                     all_object_names, sample_shape_scene)
 
 FILES = ("scenes.jsonl", "captions.jsonl", "sft.json", "qa.jsonl", "pope.jsonl", "meta.json")

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 import omnivision
-from omnivision.endpoint import ChatClient
-from omnivision.eval.models import EndpointModel, LocalModel, sample_seed
+from omnivision.chat_client import ChatClient
+from omnivision.eval.evaluated_models import EndpointModel, LocalModel, sample_seed
 from omnivision.eval.tasks import Generation, get_task
 from omnivision.eval.tasks.base import cut_at_stop
 from tests.chat_server import ChatServer

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omnivision.data.formats import read_qa
 from omnivision.data.images import check_images
-from omnivision.data.jsonfiles import DataError
+from omnivision.json_files import DataError
 from omnivision.data.records import QAItem
 from omnivision.eval.tasks import hub
 from omnivision.eval.tasks.base import DataDir, Generation, Sample, TaskDataError, check_limit

@@ -10,7 +10,7 @@ import pytest
 from omnivision.data.pope import (object_frequencies, pope_probes, sample_negatives,
                                   training_probe)
 from omnivision.data.records import POPE_STRATEGIES
-from omnivision.data.shapes import ShapeObject, ShapeScene, all_object_names, sample_shape_scene
+from omnivision.data.shape_scenes import ShapeObject, ShapeScene, all_object_names, sample_shape_scene
 
 
 def _shares(name: str, present: set[str]) -> bool:

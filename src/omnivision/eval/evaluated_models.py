@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from omnivision.endpoint import ChatClient, image_data_url, user_message
+from omnivision.chat_client import ChatClient, image_data_url, user_message
 from omnivision.eval.tasks import Generation, Sample
 from omnivision.eval.tasks.base import cut_at_stop
 from omnivision.vlm import OmniVision

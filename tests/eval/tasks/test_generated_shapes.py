@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnivision.data.generate import generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.eval.scoring import scorer_for
 from omnivision.eval.tasks import TASKS, TaskDataError, get_task
 

@@ -1,6 +1,6 @@
 """`check_quantized`: how closely a quantized model follows the unquantized one on a fixed probe set.
 
-Probe set (`probe_items`): procedural shapes/chart scenes (`omnivision.data.generate.sample_scenes`,
+Probe set (`probe_items`): procedural shapes/chart scenes (`omnivision.data.shapes_dataset.sample_scenes`,
 fixed seed) rendered at the model's image size, each asked for a caption and the first question of
 each of its question groups, plus the repository's `assets/scene.png` captioned when the checkout has it.
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omnivision.data.generate import sample_scenes
+from omnivision.data.shapes_dataset import sample_scenes
 from omnivision.data.questions import CAPTION_PROMPT, questions_for
 from omnivision.data.scenes import render_scene
 from omnivision.model.kv_cache import KVCache
