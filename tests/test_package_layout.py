@@ -121,3 +121,31 @@ def test_readme_layout_names_every_top_level_part():
     assert not missing, f"README Layout does not name: {sorted(missing)}"
     stale = {n for n in re.findall(r"^  (\w+)(?:/|\.py)", layout, re.M)} - top_level_parts()
     assert not stale, f"README Layout names parts that do not exist: {sorted(stale)}"
+
+
+DECODING = {"omnivision.model", "omnivision.generation.generate", "omnivision.generation.sampling",
+            "omnivision.generation.text_stream"}
+
+
+def test_serve_answers_through_the_python_api():
+    """`serve/` admits, queues, checks and streams: prompts, the model and the decoding loop are
+    reached through `OmniVision` only."""
+    found = []
+    for source in (PACKAGE / "serve").rglob("*.py"):
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                if any(name == m or name.startswith(m + ".") for name in imported for m in DECODING):
+                    found.append(f"{source.name}: from {node.module} import ...")
+                if any(a.name in ("build_inputs", "render", "generate", "generate_steps") for a in node.names):
+                    found.append(f"{source.name}: imports {[a.name for a in node.names]}")
+            if isinstance(node, ast.Attribute) and node.attr in ("model", "image_processor", "image_cache") \
+                    and _names_the_api_object(node.value):
+                found.append(f"{source.name}:{node.lineno}: vlm.{node.attr}")
+    assert not found, found
+
+
+def _names_the_api_object(node: ast.expr) -> bool:
+    """`vlm` or `<something>.vlm`: the `OmniVision` object, whose insides serve/ must not reach."""
+    return isinstance(node, ast.Name) and node.id == "vlm" or isinstance(node, ast.Attribute) and node.attr == "vlm"

@@ -1,8 +1,10 @@
 """`OmniVision`: a loaded model with its tokenizer and preprocessing, answering about images.
 
-The user-facing object that `omnivision.load` returns. It turns (image, prompt, history) into
-prompt ids and pixels by the model's own config (template, preprocessing), runs the generation loop
-and turns ids back into text. Image embeddings are kept by pixel content (`embedding_cache`), so a
+The user-facing object that `omnivision.load` returns, and the one path to the model for every
+front end (the CLI, evaluation, the server). It turns (image, prompt, history), or a conversation of
+`Message`s, into prompt ids and pixels by the model's own config (template, preprocessing), runs
+the generation loop and turns ids back into text (`TextStream`, with step hooks for callers that
+constrain or inspect each step, and an interrupt check for cancellation). Image embeddings are kept by pixel content (`embedding_cache`), so a
 second question about the same image skips the vision tower. With `low_memory`, the two towers take
 turns in resident memory (`weights.residency`): the language model's mapped pages are given back
 before an image is encoded and the vision side's after, so the peak is the larger tower rather than
@@ -11,13 +13,14 @@ both (968M int4: 863 MB against 1063 MB answering one question; the cost is read
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from omnivision.embedding_cache import ImageEmbeddingCache
-from omnivision.generation.generate import GenerationConfig, generate, generate_batch
+from omnivision.generation.generate import GenerationConfig, StepHooks, generate, generate_batch
 from omnivision.generation.sampling import SamplingConfig
 from omnivision.generation.text_stream import TextStream
 from omnivision.model import OmniVisionModel
@@ -58,6 +61,7 @@ class OmniVision:
         """Embeddings of the most recent images (0 turns caching off)."""
         self.low_memory = low_memory
         """Keep only one tower's memory-mapped weights resident at a time (see the module doc)."""
+        self._encode_lock = threading.Lock()  # one encoding at a time: the cache and paging are shared
 
     @property
     def dtype(self) -> torch.dtype:
@@ -79,11 +83,22 @@ class OmniVision:
                            self.config.num_image_tokens)
         return ids, images
 
+    def conversation_ids(self, messages: Sequence[Message], system_prompt: str | None = None) -> list[int]:
+        """Expanded prompt ids of a conversation from outside (an OpenAI-style request), in the
+        model's template. The text of every turn is kept literal: special-token text in it is
+        tokenized as plain text, so a message cannot forge turns. `system_prompt` None: the model's."""
+        proc = self.config.processing
+        system = proc.system_prompt if system_prompt is None else system_prompt
+        return build_inputs(self.tokenizer, messages, proc.template, system, self.config.num_image_tokens,
+                            escape_content=True)
+
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[ImageSource]) -> torch.Tensor:
-        """Projected embeddings [N, K, D] of the images, from the cache where possible."""
-        pixels = self.image_processor(images).to(self.model.device)
-        return self.image_cache.encode(pixels, self._encode_uncached, self._image_weights_token())
+    def encode_images(self, images: Sequence[ImageSource], max_pixels: int | None = None) -> torch.Tensor:
+        """Projected embeddings [N, K, D] of the images, from the cache where possible. Safe to call
+        from several threads. `max_pixels`: the largest image accepted (default: the processor's)."""
+        pixels = self.image_processor(images, max_pixels).to(self.model.device)
+        with self._encode_lock:
+            return self.image_cache.encode(pixels, self._encode_uncached, self._image_weights_token())
 
     def _encode_uncached(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.low_memory:
@@ -106,12 +121,24 @@ class OmniVision:
                                 sampling=SamplingConfig(temperature, top_k, top_p, repetition_penalty),
                                 seed=seed, stop_token_ids=self.config.stop_token_ids)
 
+    def stream_prompt(self, prompt_ids: Sequence[int], image_embeds: torch.Tensor | None = None, *,
+                      stop: Sequence[str] = (), hooks: StepHooks | None = None,
+                      interrupt: Callable[[], str | None] | None = None, max_new_tokens: int = 256,
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                      repetition_penalty: float = 1.0, seed: int | None = None) -> TextStream:
+        """The answer to prepared prompt ids (`prompt_ids`, `conversation_ids`) and image embeddings
+        (`encode_images`) as a `TextStream`: iterate it for text pieces; then it holds the token ids,
+        the stop string met and the finish reason. `hooks` see (and may constrain) every step's
+        logits; `interrupt` is asked after every token and a reason it returns ends the answer."""
+        gen = self._generation_config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        tokens = generate(self.model, prompt_ids, image_embeds, gen, hooks)
+        return TextStream(tokens, self.tokenizer, stop, limit=max_new_tokens, interrupt=interrupt)
+
     def _stream(self, image, prompt, history, template, stop, gen_kwargs) -> tuple[TextStream, int]:
-        gen = self._generation_config(**gen_kwargs)  # settings checked before any image work
+        self._generation_config(**gen_kwargs)  # settings checked before any image work
         ids, images = self.prompt_ids(prompt, image, history, template)
         embeds = self.encode_images(images) if images else None
-        tokens = generate(self.model, ids, embeds, gen)
-        return TextStream(tokens, self.tokenizer, stop), len(ids)
+        return self.stream_prompt(ids, embeds, stop=stop, **gen_kwargs), len(ids)
 
     def stream(self, image: ImageSource | None, prompt: str, *, history: Sequence[Turn] = (),
                template: str | None = None, stop: Sequence[str] = (), max_new_tokens: int = 256,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnivision.generation.generate import (ContextOverflowError, GenerationConfig, generate,
-                                            generate_batch)
+from omnivision.generation.generate import (ContextOverflowError, GenerationConfig, decode_step, generate,
+                                            generate_batch, prefill)
 from omnivision.generation.sampling import SamplingConfig
 
 
@@ -79,3 +79,33 @@ def test_image_placeholder_count_is_checked(tiny_model, tiny_config):
     ids = _prompt(tiny_config, 5, seed=6)
     with pytest.raises(ValueError, match="image placeholder"):
         next(generate(tiny_model, ids, None, GenerationConfig(max_new_tokens=2)))
+
+
+@torch.no_grad()
+def test_prefill_and_decode_steps_match_full_recomputation(tiny_model):
+    """The two steps on their own: a left-padded batch, fed chosen tokens, gives each row the logits
+    that a full forward pass over that row alone gives."""
+    lm = tiny_model.language
+    rows = [[5, 9, 17, 3, 8, 2], [11, 4]]
+    fed = [[7, 1, 30], [2, 2, 9]]
+    ids, valid = _left_pad_for_test(rows)
+    logits, state = prefill(lm, lm.embed(ids), valid, 6 + 3)
+    steps = [logits]
+    for n in range(2):
+        steps.append(decode_step(lm, torch.tensor([fed[0][n], fed[1][n]]), state))
+    for row, prompt in enumerate(rows):
+        for n, got in enumerate(steps):
+            full = torch.tensor([prompt + fed[row][:n]])
+            want = tiny_model(full)[0, -1]
+            torch.testing.assert_close(got[row], want, atol=1e-5, rtol=1e-5)
+    assert state.cache.length == 6 + 2
+
+
+def _left_pad_for_test(rows):
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for r, seq in enumerate(rows):
+        ids[r, width - len(seq):] = torch.tensor(seq)
+        valid[r, width - len(seq):] = True
+    return ids, valid

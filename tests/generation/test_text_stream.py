@@ -226,3 +226,29 @@ def test_empty_stop_strings_are_ignored():
 def test_joined_pieces_equal_the_answer_decoded_at_once(token_ids, stop):
     joined = "".join(TextStream(iter(token_ids), TOK, stop))
     assert joined == reference(token_ids, stop)
+
+
+@pytest.mark.parametrize("limit, stop, expected", [
+    (None, (), "stop"),  # the generator ended (a stop token)
+    (len(ids("hello world")), (), "length"),  # it ran into the token limit
+    (len(ids("hello world")), ("world",), "stop"),  # a stop string completed on the last token
+    (len(ids("hello world")) + 5, (), "stop"),
+])
+def test_finish_reason(limit, stop, expected):
+    stream = TextStream(iter(ids("hello world")), TOK, stop, limit=limit)
+    list(stream)
+    assert stream.finish_reason == expected
+
+
+def test_interrupt_ends_the_answer_releases_its_text_and_closes_the_generator():
+    tokens = Tracked(ids("one two three four"))
+    calls = []
+
+    def interrupt():
+        calls.append(len(calls))
+        return "cancelled" if len(calls) == len("one two") else None
+
+    stream = TextStream(iter(tokens), TOK, interrupt=interrupt, limit=100)
+    assert "".join(stream) == "one two"
+    assert stream.finish_reason == "cancelled" and tokens.closed
+    assert stream.token_ids == ids("one two")

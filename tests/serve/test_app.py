@@ -138,6 +138,27 @@ def test_context_overflow_is_found_before_any_image_is_decoded(nano, scene_url, 
         assert error["param"] == "max_completion_tokens"
 
 
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_the_servers_pixel_limit_reaches_the_image_processor(nano, monkeypatch) -> None:
+    """One pixel limit: an image the server's `Limits` accept is not refused later inside a slot
+    (that was a 500), whatever the image processor's own default; a larger one is a 400."""
+    monkeypatch.setattr(nano.image_processor, "max_pixels", 64 * 64)
+    with client_for(nano, ServerSettings(limits=Limits(max_pixels=120 * 120))) as client:
+        r = client.post("/v1/chat/completions", json=_ask(_data_url(_png(100, 100)), max_tokens=2))
+        assert r.status_code == 200, r.text
+        error = _error(client.post("/v1/chat/completions", json=_ask(_data_url(_png(130, 130)), max_tokens=2)), 400)
+        assert error["code"] == "image_too_large"
+
+
 def test_image_errors_name_the_field(nano) -> None:
     field = "messages[0].content[0].image_url.url"
     with client_for(nano, ServerSettings(limits=Limits(images_per_request=1))) as client:
@@ -177,15 +198,13 @@ def test_a_server_without_a_queue_still_uses_its_idle_slot(nano) -> None:
 
 def test_without_max_tokens_the_answer_is_capped_by_the_default(nano, monkeypatch) -> None:
     seen = []
-    from omnivision.serve import engine as engine_module
+    real = nano.stream_prompt
 
-    real = engine_module.generate
+    def spy(ids, embeds=None, **kwargs):
+        seen.append(kwargs["max_new_tokens"])
+        return real(ids, embeds, **kwargs)
 
-    def spy(model, ids, embeds, cfg, hooks=None):
-        seen.append(cfg.max_new_tokens)
-        return real(model, ids, embeds, cfg, hooks)
-
-    monkeypatch.setattr(engine_module, "generate", spy)
+    monkeypatch.setattr(nano, "stream_prompt", spy)
     with client_for(nano, ServerSettings(default_max_tokens=7)) as client:
         assert client.post("/v1/chat/completions", json=_ask(None)).status_code == 200
     assert seen == [7]

@@ -26,7 +26,7 @@ from PIL import Image
 from omnivision.data.shapes_dataset import sample_scenes
 from omnivision.data.questions import CAPTION_PROMPT, questions_for
 from omnivision.data.scenes import render_scene
-from omnivision.model.kv_cache import KVCache
+from omnivision.generation.generate import decode_step, prefill
 from omnivision.model.qwen2 import Qwen2ForCausalLM
 from omnivision.processing.prompt import Message, build_inputs
 from omnivision.processing.tokenizer import Tokenizer
@@ -120,17 +120,12 @@ TEXT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def _greedy(lm: Qwen2ForCausalLM, ids: list[int], max_new_tokens: int, stops: set[int]) -> list[int]:
-    cfg = lm.config
-    cache = KVCache(cfg.num_layers, 1, cfg.num_kv_heads, len(ids) + max_new_tokens, cfg.head_dim,
-                    lm.model.norm.weight.dtype)
-    out, step = [], torch.tensor([ids])
-    for _ in range(max_new_tokens):
-        positions = torch.arange(cache.length, cache.length + step.shape[1])[None]
-        token = int(lm.logits(lm(lm.embed(step), positions, None, cache)[:, -1]).argmax())
-        if token in stops:
-            break
+    """The decoder's greedy answer to one prompt, up to a stop token."""
+    logits, state = prefill(lm, lm.embed(torch.tensor([ids])), None, len(ids) + max_new_tokens)
+    out: list[int] = []
+    while len(out) < max_new_tokens and (token := int(logits[0].argmax())) not in stops:
         out.append(token)
-        step = torch.tensor([[token]])
+        logits = decode_step(lm, torch.tensor([token]), state)
     return out
 
 

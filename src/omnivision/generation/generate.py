@@ -1,9 +1,16 @@
-"""Prefill then decode with the KV cache, as generators of token ids.
+"""Prefill then decode with the KV cache: the two steps, and the loop built from them.
 
-`generate_steps` is the one loop: it runs a left-padded batch and yields the next token of every
-unfinished row at each step. `generate` (one sequence, streaming) and `generate_batch` are thin
-wrappers over it, so streaming, the CLI and batching share the same code. No tokenizer here: stop
-strings are the caller's business (it closes the generator).
+`prefill` runs a (left-padded) batch of prompt embeddings through the decoder into a fresh KV
+cache and returns the logits of the next token with the `Decoding` state; `decode_step` feeds one
+token per row and returns the next logits. They take the bare decoder (`Qwen2ForCausalLM`), so
+callers that need their own loop (continuous batching, compiled decoding, the quantization check
+of a decoder alone) build on them rather than on a copy. Rotary positions come from
+`model.qwen2.rotary_positions`, the one place that knows how left padding shifts them.
+
+`generate_steps` is the one sampling loop: it splices image embeddings into the prompt, prefills,
+and yields the next token of every unfinished row at each step. `generate` (one sequence,
+streaming) and `generate_batch` are thin wrappers over it, so streaming, the CLI and batching share
+the same code. No tokenizer here: stop strings are the caller's business (it closes the generator).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from omnivision.generation.sampling import SamplingConfig, sample
-from omnivision.model import OmniVisionModel
+from omnivision.model import KVCache, OmniVisionModel
+from omnivision.model.qwen2 import Qwen2ForCausalLM, rotary_positions
 
 
 @dataclass
@@ -58,6 +66,70 @@ def _left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, valid
 
 
+@dataclass
+class Decoding:
+    """What one decode step hands the next: the cache, where each row goes next, and (for a padded
+    batch) which cached positions are real."""
+
+    cache: KVCache
+    next_positions: torch.Tensor  # [B, 1]
+    key_valid: torch.Tensor | None  # [B, S] bool, S = cached positions; None when no row is padded
+
+
+def prefill(lm: Qwen2ForCausalLM, embeds: torch.Tensor, key_valid: torch.Tensor | None,
+            max_len: int) -> tuple[torch.Tensor, Decoding]:
+    """Run prompts through the decoder into a new cache of `max_len` positions.
+
+    embeds [B, T, D] left-padded input embeddings; key_valid [B, T] bool marks the real ones (None:
+    no padding). Returns the logits [B, V] of the token after each prompt, and the decoding state.
+    """
+    b, t = embeds.shape[:2]
+    cache = lm.new_cache(b, max_len)
+    positions = rotary_positions(b, t, key_valid, 0, embeds.device)  # [B, T]
+    hidden = lm(embeds, positions, key_valid, cache)  # [B, T, D]
+    return lm.logits(hidden[:, -1]), Decoding(cache, positions[:, -1:] + 1, key_valid)
+
+
+def decode_step(lm: Qwen2ForCausalLM, tokens: torch.Tensor, state: Decoding) -> torch.Tensor:
+    """Append one token per row (tokens [B]) and return the logits [B, V] of the next one."""
+    if state.key_valid is not None:
+        real = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
+        state.key_valid = torch.cat((state.key_valid, real), dim=1)  # [B, S + 1]
+    hidden = lm(lm.embed(tokens[:, None]), state.next_positions, state.key_valid, state.cache)  # [B, 1, D]
+    state.next_positions = state.next_positions + 1
+    return lm.logits(hidden[:, -1])
+
+
+def _check_fits(model: OmniVisionModel, batch: Sequence[Sequence[int]], cfg: GenerationConfig) -> int:
+    """The longest prompt's length, after checking that every row has one and that it fits."""
+    if not batch or any(len(ids) == 0 for ids in batch):
+        raise ValueError("every prompt needs at least one token")
+    longest = max(len(ids) for ids in batch)
+    limit = model.config.text.max_position_embeddings
+    if longest + cfg.max_new_tokens > limit:
+        raise ContextOverflowError(f"prompt of {longest} tokens plus {cfg.max_new_tokens} new tokens "
+                                   f"exceeds the context of {limit}")
+    return longest
+
+
+def _seen_tokens(ids: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[B, V] bool: which tokens each row's prompt holds (for the repetition penalty)."""
+    seen = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=ids.device)
+    for row in range(ids.shape[0]):
+        seen[row, ids[row][valid[row]]] = True
+    return seen
+
+
+def _choose(logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor | None, generator,
+            hooks: StepHooks | None) -> torch.Tensor:
+    """The next token [B] of every row, from logits [B, V], through the hooks when given."""
+    if hooks is None:
+        return sample(logits, cfg.sampling, seen, generator)
+    tokens = sample(hooks.constrain(logits.float()), cfg.sampling, seen, generator)
+    hooks.observe(logits.float(), tokens)
+    return tokens
+
+
 @torch.inference_mode()
 def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
                    image_embeds: torch.Tensor | None, cfg: GenerationConfig,
@@ -67,42 +139,23 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
     batch: the prompt ids of each row, image placeholders already expanded.
     image_embeds: [N, K, D] for all placeholders of the batch in row-major order, or None.
     """
-    if not batch or any(len(ids) == 0 for ids in batch):
-        raise ValueError("every prompt needs at least one token")
-    longest = max(len(ids) for ids in batch)
-    limit = model.config.text.max_position_embeddings
-    if longest + cfg.max_new_tokens > limit:
-        raise ContextOverflowError(f"prompt of {longest} tokens plus {cfg.max_new_tokens} new tokens "
-                                   f"exceeds the context of {limit}")
+    longest = _check_fits(model, batch, cfg)
     if cfg.max_new_tokens == 0:
         return
     device = model.device
     ids, valid = _left_pad(batch, pad_id=0)
-    ids, valid = ids.to(device), valid.to(device)
-    padded = not bool(valid.all())
+    ids, valid = ids.to(device), valid.to(device)  # [B, T]
     b = ids.shape[0]
-    cache = model.new_cache(b, longest + cfg.max_new_tokens)
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    seen = torch.zeros(b, model.config.text.vocab_size, dtype=torch.bool, device=device)
+    generator = None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
+    seen = None  # [B, V] bool, kept only for a repetition penalty
     if cfg.sampling.repetition_penalty != 1.0:
-        for row in range(b):
-            seen[row, ids[row][valid[row]]] = True
+        seen = _seen_tokens(ids, valid, model.config.text.vocab_size)
     stops = torch.tensor(cfg.stop_token_ids or [-1], device=device)
-
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-    embeds = model.embed(ids, image_embeds)
-    hidden = model.language(embeds, positions, valid if padded else None, cache)  # [B, T, D]
-    next_pos = positions[:, -1:] + 1  # [B, 1]
+    logits, state = prefill(model.language, model.embed(ids, image_embeds),
+                            None if bool(valid.all()) else valid, longest + cfg.max_new_tokens)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(cfg.max_new_tokens):
-        logits = model.language.logits(hidden[:, -1])  # [B, V]
-        if hooks is None:
-            tokens = sample(logits, cfg.sampling, seen, generator)  # [B]
-        else:
-            tokens = sample(hooks.constrain(logits.float()), cfg.sampling, seen, generator)
-            hooks.observe(logits.float(), tokens)
+        tokens = _choose(logits, cfg, seen, generator, hooks)  # [B]
         finished |= torch.isin(tokens, stops)
         out = {row: int(tokens[row]) for row in range(b) if not finished[row]}
         if not out:
@@ -110,12 +163,9 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
         yield out
         if step + 1 == cfg.max_new_tokens:
             return
-        seen[torch.arange(b), tokens] = True
-        if padded:
-            valid = torch.cat((valid, torch.ones(b, 1, dtype=torch.bool, device=device)), dim=1)
-        hidden = model.language(model.language.embed(tokens[:, None]), next_pos,
-                                valid if padded else None, cache)
-        next_pos = next_pos + 1
+        if seen is not None:
+            seen[torch.arange(b), tokens] = True
+        logits = decode_step(model.language, tokens, state)
 
 
 def generate(model: OmniVisionModel, prompt_ids: Sequence[int], image_embeds: torch.Tensor | None,

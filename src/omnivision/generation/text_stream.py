@@ -2,28 +2,39 @@
 
 Owns the text-level rules of an answer: incremental UTF-8-safe decoding, removal of the assistant
 header that the official model writes itself (`<|im_start|>assistant\\n`, stripped as Nexa's SDK
-does), user stop strings (text is held back while it could still become one), and the final strip.
-Closing the stream closes the token generator, which stops generation.
+does), user stop strings (text is held back while it could still become one), the final strip, and why
+the answer ended (`finish_reason`: a stop, the length limit, or what an `interrupt` check said).
+Ending early closes the token generator, which stops generation.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from omnivision.processing.prompt import ASSISTANT_HEADER
 from omnivision.processing.tokenizer import StreamDecoder, Tokenizer
 
 
 class TextStream:
-    """Iterate to get text pieces; `token_ids` holds every id consumed so far."""
+    """Iterate to get text pieces; `token_ids` holds every id consumed so far.
 
-    def __init__(self, tokens: Iterator[int], tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
+    `limit`: the generator's token limit, so that running into it reads as `finish_reason` "length".
+    `interrupt`: called after every token; a non-empty return ends the answer (its text so far is
+    still released) and becomes `finish_reason` (a server's cancellation or deadline).
+    """
+
+    def __init__(self, tokens: Iterator[int], tokenizer: Tokenizer, stop: Sequence[str] = (), *,
+                 limit: int | None = None, interrupt: Callable[[], str | None] | None = None) -> None:
         self._tokens = tokens
         self._decoder = StreamDecoder(tokenizer)
         self._stop = [s for s in stop if s]
+        self._limit, self._interrupt = limit, interrupt
         self.token_ids: list[int] = []
         self.stopped_by: str | None = None
         """The stop string that ended the answer, if any."""
+        self.finish_reason: str | None = None
+        """Once the stream is exhausted: "stop" (a stop token or string), "length" (the token
+        limit) or the interrupt's reason."""
         self._pending = ""  # decoded, not yet emitted
         self._started = False  # header handled and leading whitespace dropped
         self._header_done = False  # the assistant header was seen and removed (it is removed once)
@@ -36,14 +47,26 @@ class TextStream:
             if piece:
                 yield piece
             if done:
-                close = getattr(self._tokens, "close", None)
-                if close is not None:
-                    close()
-                return
+                self.finish_reason = "stop"
+                return self._close()
+            if self._interrupt is not None and (why := self._interrupt()):
+                self.finish_reason = why
+                self._close()
+                break
         self._pending += self._decoder.flush()
-        piece, _ = self._release(final=True)
+        piece, done = self._release(final=True)
         if piece:
             yield piece
+        if done:  # a stop string completed by the last piece
+            self.finish_reason = "stop"
+        elif self.finish_reason is None:
+            at_limit = self._limit is not None and len(self.token_ids) >= self._limit
+            self.finish_reason = "length" if at_limit else "stop"
+
+    def _close(self) -> None:
+        close = getattr(self._tokens, "close", None)
+        if close is not None:
+            close()
 
     def _release(self, final: bool) -> tuple[str, bool]:
         """Text that can be emitted now, and whether a stop string ended the answer."""

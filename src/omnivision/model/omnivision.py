@@ -16,7 +16,7 @@ from torch import nn
 from omnivision.config import OmniVisionConfig
 from omnivision.model.kv_cache import KVCache
 from omnivision.model.projector import Projector
-from omnivision.model.qwen2 import Qwen2ForCausalLM, RMSNorm
+from omnivision.model.qwen2 import Qwen2ForCausalLM, RMSNorm, rotary_positions
 from omnivision.model.siglip import SiglipPoolingHead, SiglipVisionTower
 
 
@@ -74,7 +74,7 @@ class OmniVisionModel(nn.Module):
             image_embeds = self.projector(vision_features.to(self.dtype))
         embeds = self.embed(input_ids, image_embeds)
         if position_ids is None:
-            position_ids = default_positions(input_ids.shape[0], input_ids.shape[1], key_valid,
+            position_ids = rotary_positions(input_ids.shape[0], input_ids.shape[1], key_valid,
                                              cache.length if cache is not None else 0, input_ids.device)
         hidden = self.language(embeds, position_ids, key_valid, cache)
         return self.language.logits(hidden)
@@ -85,17 +85,7 @@ class OmniVisionModel(nn.Module):
         self.language.gradient_checkpointing = enabled
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        t = self.config.text
-        return KVCache(t.num_layers, batch, t.num_kv_heads, max_len, t.head_dim, self.dtype, self.device)
-
-
-def default_positions(batch: int, length: int, key_valid: torch.Tensor | None, past: int,
-                      device: torch.device) -> torch.Tensor:
-    """Position ids [B, T] for the last T positions: padding does not count (left padding)."""
-    if key_valid is None:
-        return torch.arange(past, past + length, device=device).expand(batch, -1)
-    positions = key_valid.long().cumsum(-1) - 1  # [B, S]
-    return positions.clamp(min=0)[:, -length:]
+        return self.language.new_cache(batch, max_len)
 
 
 @torch.no_grad()

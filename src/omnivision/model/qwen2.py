@@ -129,6 +129,19 @@ def attention_mask(key_valid: torch.Tensor, query_len: int) -> torch.Tensor:
     return mask[:, None]
 
 
+def rotary_positions(batch: int, length: int, key_valid: torch.Tensor | None, past: int,
+                     device: torch.device) -> torch.Tensor:
+    """Rotary position ids [B, T] of the last T positions, after `past` cached ones.
+
+    With left padding (key_valid [B, S] bool, S = past + T), padding does not count: a row's first
+    real token is position 0, and padded slots get 0 too (they are masked out).
+    """
+    if key_valid is None:
+        return torch.arange(past, past + length, device=device).expand(batch, -1)
+    positions = key_valid.long().cumsum(-1) - 1  # [B, S]
+    return positions.clamp(min=0)[:, -length:]
+
+
 class Qwen2ForCausalLM(nn.Module):
     """Embeddings in, hidden states out; `logits()` applies the (tied) output head."""
 
@@ -140,6 +153,11 @@ class Qwen2ForCausalLM(nn.Module):
                                                                        bias=False)
         self.gradient_checkpointing = False
         """Recompute each layer's activations in the backward pass (training memory for time)."""
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` positions, in the compute dtype."""
+        cfg, norm = self.config, self.model.norm.weight
+        return KVCache(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, norm.dtype, norm.device)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         # in the compute dtype (the norms'), also when the table is stored quantized

@@ -232,12 +232,13 @@ class ImageProcessor:
         self.config = config if config is not None else ProcessingConfig()
         self.max_pixels = max_pixels
 
-    def __call__(self, images: Sequence[ImageSource]) -> torch.Tensor:
-        """Images to a float32 tensor [B, 3, image_size, image_size]."""
+    def __call__(self, images: Sequence[ImageSource], max_pixels: int | None = None) -> torch.Tensor:
+        """Images to a float32 tensor [B, 3, image_size, image_size]; `max_pixels` overrides the
+        processor's own limit for this call (a server passes its configured one)."""
         if len(images) == 0:
             raise ValueError("no images given")
-        c = self.config
+        c, limit = self.config, self.max_pixels if max_pixels is None else max_pixels
         return torch.stack([
-            preprocess(im, self.image_size, c.image_mean, c.image_std, c.resize, self.max_pixels)
+            preprocess(im, self.image_size, c.image_mean, c.image_std, c.resize, limit)
             for im in images
         ])  # [B, 3, H, W]

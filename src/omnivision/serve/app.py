@@ -5,7 +5,8 @@ the key (`guard`), the fields (`chat_request`), the model name, the prompt's tok
 the context (before any image is touched), a free place in the queue, and only then the images
 are fetched and decoded (in a worker thread, never on the event loop) and the job is queued for a
 generation slot (`engine`). Every failure is OpenAI's error object; bad input never becomes a 500.
-A client that goes away cancels its job, waiting or running.
+A client that goes away cancels its job, waiting or running. Prompts are built by the Python API
+(`OmniVision.conversation_ids`), never here.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omnivision.processing.prompt import Message, build_inputs
+from omnivision.processing.prompt import Message
 from omnivision.serve import image_intake, openai_format
 from omnivision.serve.chat_request import ChatRequest, parse_chat_request
 from omnivision.serve.engine import Choice, Engine, Job, Overloaded
+from omnivision.serve.events import Done, Failed, Finished, Piece
 from omnivision.serve.errors import APIError, bad_request, envelope
 from omnivision.serve.guard import Guard
 from omnivision.serve.openapi_schema import OPENAPI_EXTRA
@@ -41,12 +43,8 @@ def _error_response(e: APIError) -> JSONResponse:
 
 
 def _prompt_ids(vlm: OmniVision, req: ChatRequest) -> list[int]:
-    proc = vlm.config.processing
     messages = [Message(m.role, m.text, m.image is not None) for m in req.messages]
-    system = req.system_prompt if req.system_prompt is not None else proc.system_prompt
-    # user text is tokenized with special tokens kept literal: a request cannot forge turns
-    return build_inputs(vlm.tokenizer, messages, proc.template, system, vlm.config.num_image_tokens,
-                        escape_content=True)
+    return vlm.conversation_ids(messages, req.system_prompt)
 
 
 def _token_budget(vlm: OmniVision, req: ChatRequest, prompt: int, default: int) -> int:
@@ -72,7 +70,7 @@ def _choices(req: ChatRequest, budget: int, constraint_factory) -> list[Choice]:
 def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
     """The ASGI app (FastAPI behind `guard.Guard`); its `state.engine` owns the generation slots."""
     settings = settings or ServerSettings()
-    engine = Engine(vlm, slots=settings.slots, queue=settings.queue)
+    engine = Engine(vlm, slots=settings.slots, queue=settings.queue, max_pixels=settings.limits.max_pixels)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -182,22 +180,19 @@ async def _complete(engine: Engine, job: Job, req: ChatRequest, cid: str, create
                 if await request.is_disconnected():
                     engine.cancel(job)
                     return Response(status_code=499)
-            if event is None:
-                continue
-            kind = event[0]
-            if kind == "piece":
-                _, index, piece, records = event
-                texts[index].append(piece)
-                if logprobs[index] is not None:
-                    logprobs[index].extend(records)
-            elif kind == "finish":
-                reasons[event[1]] = event[2]
-            elif kind == "error":
-                return JSONResponse(envelope(500, event[1], None, "generation_failed"), status_code=500)
-            elif kind == "done":
+            if isinstance(event, Piece):
+                texts[event.index].append(event.text)
+                if logprobs[event.index] is not None:
+                    logprobs[event.index].extend(event.logprobs)
+            elif isinstance(event, Finished):
+                reasons[event.index] = event.reason
+            elif isinstance(event, Failed):
+                return JSONResponse(envelope(500, event.message, None, "generation_failed"), status_code=500)
+            elif isinstance(event, Done):
                 choices = [{"text": "".join(t), "finish_reason": r, "logprobs": lp}
                            for t, r, lp in zip(texts, reasons, logprobs)]
-                return JSONResponse(openai_format.completion(cid, model, created, choices, event[1], event[2]))
+                return JSONResponse(openai_format.completion(cid, model, created, choices, event.prompt_tokens,
+                                                             event.completion_tokens))
     finally:
         engine.cancel(job)
 
@@ -209,19 +204,19 @@ async def _stream(engine: Engine, job: Job, req: ChatRequest, cid: str, created:
             yield openai_format.sse(openai_format.chunk(cid, model, created, index, role=True, content=""))
         while True:
             event = await job.events.get()
-            kind = event[0]
-            if kind == "piece":
-                _, index, piece, records = event
-                yield openai_format.sse(openai_format.chunk(cid, model, created, index, content=piece,
-                                                            logprobs=records if req.logprobs else None))
-            elif kind == "finish":
-                yield openai_format.sse(openai_format.chunk(cid, model, created, event[1], finish_reason=event[2]))
-            elif kind == "error":
-                yield openai_format.sse(envelope(500, event[1], None, "generation_failed"))
+            if isinstance(event, Piece):
+                yield openai_format.sse(openai_format.chunk(cid, model, created, event.index, content=event.text,
+                                                            logprobs=event.logprobs if req.logprobs else None))
+            elif isinstance(event, Finished):
+                yield openai_format.sse(openai_format.chunk(cid, model, created, event.index,
+                                                            finish_reason=event.reason))
+            elif isinstance(event, Failed):
+                yield openai_format.sse(envelope(500, event.message, None, "generation_failed"))
                 break
-            elif kind == "done":
+            elif isinstance(event, Done):
                 if req.include_usage:
-                    yield openai_format.sse(openai_format.usage_chunk(cid, model, created, event[1], event[2]))
+                    yield openai_format.sse(openai_format.usage_chunk(cid, model, created, event.prompt_tokens,
+                                                                      event.completion_tokens))
                 break
         yield openai_format.sse("[DONE]")
     finally:  # also when the client went away and the response task was cancelled

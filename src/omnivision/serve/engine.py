@@ -4,29 +4,31 @@ A fixed number of worker threads (`slots`) each run one generation at a time; re
 wait in a queue of bounded length, and a request that finds the queue full is refused at once with
 503 and `Retry-After` (the app maps `Overloaded`). Each job carries a cancel flag that the app sets
 when its client goes away: a waiting job leaves the queue at once, a running one stops before its
-next decoding step. Results travel to the event loop through `loop.call_soon_threadsafe`.
+next decoding step. Results travel to the event loop as `events` through
+`loop.call_soon_threadsafe`.
+
+A slot answers through the Python API only: `OmniVision.encode_images` (with the server's pixel
+limit) and `OmniVision.stream_prompt` (with logprob and JSON-output step hooks and an interrupt for
+cancellation and the deadline); it never touches the model or the decoding loop itself.
 
 The slots do not share a decoding batch: the KV cache keeps one write position per batch, so a
 request cannot join a batch mid-flight (continuous batching would need per-row positions). Slots
-overlap where torch releases the GIL, and the image-embedding cache is shared (under a lock), so a
-follow-up question about the same image skips the vision tower.
+overlap where torch releases the GIL, and the image-embedding cache is shared, so a follow-up
+question about the same image skips the vision tower.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import torch
-
-from omnivision.generation.generate import GenerationConfig, generate
-from omnivision.generation.sampling import SamplingConfig
-from omnivision.generation.text_stream import TextStream
+from omnivision.generation.logprobs import LogprobRecorder
+from omnivision.serve.events import Done, Event, Failed, Finished, Piece
+from omnivision.serve.openai_format import logprob_entry
 from omnivision.vlm import OmniVision
 
 
@@ -59,41 +61,24 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
 
-    def emit(self, event: tuple) -> None:
+    def emit(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
-
-class _LogprobRecorder:
-    """StepHooks that keep, per generated token, its logprob and the top alternatives, and pass
-    the logits through an optional constraint."""
-
-    def __init__(self, top: int | None, constraint: Any | None) -> None:
-        self.top, self.constraint = top, constraint
-        self.records: collections.deque = collections.deque()
-
-    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.constraint is None else self.constraint.constrain(logits)
-
-    def observe(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
-        if self.constraint is not None:
-            self.constraint.observe(logits, tokens)
-        if self.top is None:
-            return
-        logp = torch.log_softmax(logits[0], dim=-1)  # [V]
-        alternatives = []
-        if self.top:
-            values, ids = torch.topk(logp, self.top)
-            alternatives = list(zip(ids.tolist(), values.tolist()))
-        self.records.append((int(tokens[0]), float(logp[tokens[0]]), alternatives))
+    def interrupted(self) -> str | None:
+        """Why generation must stop now, if it must: the client left, or the deadline passed."""
+        if self.cancel.is_set():
+            return "cancelled"
+        return "length" if time.monotonic() > self.deadline_s else None
 
 
 class Engine:
-    def __init__(self, vlm: OmniVision, slots: int = 1, queue: int = 64) -> None:
+    def __init__(self, vlm: OmniVision, slots: int = 1, queue: int = 64, max_pixels: int | None = None) -> None:
         self.vlm = vlm
         self.queue_limit = queue
+        self.max_pixels = max_pixels
+        """The server's image limit, handed to the image processor (None: the processor's own)."""
         self._waiting: collections.deque[Job] = collections.deque()
         self._lock = threading.Condition()
-        self._encode_lock = threading.Lock()
         self.running = 0
         self._admitted = 0  # requests past admission, still decoding their images
         self.cancelled = 0
@@ -167,72 +152,34 @@ class Engine:
             try:
                 self._run(job)
             except Exception as e:  # reported to the client as a 500 envelope; the slot lives on
-                job.emit(("error", f"generation failed: {type(e).__name__}"))
+                job.emit(Failed(f"generation failed: {type(e).__name__}"))
             finally:
                 with self._lock:
                     self.running -= 1
 
     def _run(self, job: Job) -> None:
-        embeds = None
-        if job.images:
-            with self._encode_lock:
-                embeds = self.vlm.encode_images(job.images)  # [N, K, D]
+        embeds = self.vlm.encode_images(job.images, self.max_pixels) if job.images else None  # [N, K, D]
         completion = 0
         for index, choice in enumerate(job.choices):
             if job.cancel.is_set():
                 break
             completion += self._run_choice(job, index, choice, embeds)
-        job.emit(("done", len(job.prompt_ids), completion))
+        job.emit(Done(len(job.prompt_ids), completion))
 
     def _run_choice(self, job: Job, index: int, choice: Choice, embeds) -> int:
-        vlm = self.vlm
-        sampling = SamplingConfig(temperature=choice.temperature, top_p=choice.top_p)
-        seed = None if choice.seed is None else (choice.seed + index) % 2**64
-        cfg = GenerationConfig(max_new_tokens=choice.max_tokens, sampling=sampling, seed=seed,
-                               stop_token_ids=vlm.config.stop_token_ids)
+        """Stream one choice's answer as events; the number of tokens it generated."""
         constraint = choice.constraint_factory() if choice.constraint_factory else None
-        hooks = _LogprobRecorder(choice.top_logprobs, constraint)
-        state = {"reason": "stop"}
-
-        def tokens() -> Iterator[int]:
-            produced = 0
-            steps = generate(vlm.model, job.prompt_ids, embeds, cfg, hooks)
-            try:
-                for token in steps:
-                    produced += 1
-                    yield token
-                    if job.cancel.is_set():
-                        state["reason"] = "cancelled"
-                        return
-                    if time.monotonic() > job.deadline_s:
-                        state["reason"] = "length"
-                        return
-                if produced >= choice.max_tokens:
-                    state["reason"] = "length"
-            finally:
-                steps.close()
-
-        text = TextStream(tokens(), vlm.tokenizer, choice.stop)
-        tokenizer = vlm.tokenizer
+        hooks = LogprobRecorder(choice.top_logprobs, constraint)
+        seed = None if choice.seed is None else (choice.seed + index) % 2**64
+        text = self.vlm.stream_prompt(job.prompt_ids, embeds, stop=choice.stop, hooks=hooks,
+                                      interrupt=job.interrupted, max_new_tokens=choice.max_tokens,
+                                      temperature=choice.temperature, top_p=choice.top_p, seed=seed)
+        tokenizer = self.vlm.tokenizer
         for piece in text:
-            records = []
-            while hooks.records:
-                token, logprob, alternatives = hooks.records.popleft()
-                records.append(_logprob_entry(tokenizer, token, logprob, alternatives))
-            job.emit(("piece", index, piece, records))
-        if state["reason"] == "cancelled":
+            job.emit(Piece(index, piece, [logprob_entry(tokenizer, r) for r in hooks.take()]))
+        if text.finish_reason == "cancelled":
             with self._lock:
                 self.cancelled += 1
-            return len(text.token_ids)
-        reason = "stop" if text.stopped_by is not None else state["reason"]
-        job.emit(("finish", index, reason))
+        else:
+            job.emit(Finished(index, text.finish_reason))
         return len(text.token_ids)
-
-
-def _logprob_entry(tokenizer, token: int, logprob: float, alternatives: list) -> dict:
-    def one(t: int, lp: float) -> dict:
-        text = tokenizer.decode([t], skip_special=False)
-        return {"token": text, "logprob": lp if math.isfinite(lp) else -9999.0,
-                "bytes": list(text.encode("utf-8"))}
-
-    return {**one(token, logprob), "top_logprobs": [one(t, lp) for t, lp in alternatives]}

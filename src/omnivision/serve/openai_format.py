@@ -1,4 +1,4 @@
-"""The JSON objects of OpenAI's chat API: a completion, a streamed chunk, usage, the model list.
+"""The JSON objects of OpenAI's chat API: a completion, a streamed chunk, usage, logprobs, the model list.
 
 Field names and nesting follow OpenAI's published schema (`chat.completion`,
 `chat.completion.chunk`, `list` of `model`), so the official clients parse them into their types.
@@ -7,9 +7,13 @@ Field names and nesting follow OpenAI's published schema (`chat.completion`,
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from typing import Any
+
+from omnivision.generation.logprobs import TokenLogprob
+from omnivision.processing.tokenizer import Tokenizer
 
 
 def completion_id() -> str:
@@ -65,3 +69,15 @@ def sse(payload: dict | str) -> bytes:
 
 def now() -> int:
     return int(time.time())
+
+
+def logprob_entry(tokenizer: Tokenizer, record: TokenLogprob) -> dict[str, Any]:
+    """One `choices[].logprobs.content` entry: the token's text, logprob and bytes, and its top
+    alternatives (a -inf logprob, which JSON cannot carry, is reported as -9999.0)."""
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token], skip_special=False)
+        return {"token": text, "logprob": logprob if math.isfinite(logprob) else -9999.0,
+                "bytes": list(text.encode("utf-8"))}
+
+    return {**one(record.token, record.logprob),
+            "top_logprobs": [one(t, lp) for t, lp in record.alternatives]}
