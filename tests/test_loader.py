@@ -149,3 +149,45 @@ def test_repo_id_offline_says_which_files_to_fetch(monkeypatch):
     assert "SomeOrg/Some-Model-1B" in message
     assert "mmproj" in message and "language-model GGUF" in message
     assert "https://huggingface.co/SomeOrg/Some-Model-1B" in message
+
+
+# --- check: loading's checks without tensor data (`omnivision info`) -----------------------------
+
+@pytest.mark.parametrize("kind", ["native", "pair"])
+def test_check_builds_the_model_on_meta_without_data(sources, kind):
+    source = sources["native"] if kind == "native" else sources["llm"].parent
+    checked = loader.check(source)
+    assert {p.device.type for p in checked.model.parameters()} == {"meta"}
+    loaded = load(source, dtype="float32")
+    assert checked.model.config == loaded.config
+    assert {n: p.shape for n, p in checked.model.state_dict().items()} == \
+        {n: p.shape for n, p in loaded.model.state_dict().items()}
+    assert checked.source.note == loaded.note
+
+
+def test_check_refuses_what_load_refuses(sources, tmp_path):
+    folder = tmp_path / "pair-without-mmproj"
+    folder.mkdir()
+    shutil.copy(sources["llm"], folder / sources["llm"].name)
+    for refuse in (load, loader.check):
+        with pytest.raises(CheckpointError, match="expected one GGUF with general.architecture 'siglip'"):
+            refuse(folder)
+
+
+def test_check_looks_in_the_hub_cache_only(monkeypatch, sources):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def cache(repo_id, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        if repo_id == "SomeOrg/Cached" and kwargs.get("local_files_only"):
+            return str(sources["llm"].parent)
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache)
+    assert loader.check("SomeOrg/Cached").source.note.startswith("SomeOrg/Cached: language model: ")
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        loader.check("SomeOrg/Not-Cached")
+    assert calls == [True, True]  # never a download

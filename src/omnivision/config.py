@@ -5,7 +5,7 @@ compression mode, the chat template and the image preprocessing all live here, s
 guessed from a file name. Derived values and validation sit in `__post_init__`; a bad value raises
 `ValueError` naming the field.
 
-Shapes of the official release follow `shared/reference/model-facts.md` section 5.
+Shapes of the official release follow `docs/official-release.md` section 5.
 """
 
 from __future__ import annotations

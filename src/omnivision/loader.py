@@ -9,16 +9,23 @@ A source is, in this order of checks:
   downloaded when online; offline, the error says which files to fetch and where to put them).
 
 `dtype="auto"` computes in bf16 where the CPU has native bf16 support and in fp32 elsewhere.
+
+`check(source)` resolves a source the same way and runs every check `load` runs (files, pair,
+config, quantization entry, tensor names, shapes and dtypes, tokenizer) without reading tensor
+data; `omnivision info` is built on it. It resolves a hub id from the local cache only.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from omnivision.model import OmniVisionModel
+from omnivision.processing.tokenizer import Tokenizer
 from omnivision.vlm import OmniVision
 from omnivision.weights.errors import CheckpointError
 from omnivision.weights.gguf_file import GGUFFile
@@ -77,8 +84,9 @@ def _release_from_file(llm_path: Path, mmproj: str | os.PathLike | None) -> Rele
     return ReleaseFiles(llm=llm, mmproj=mm, note=f"language model: {llm_path.name}")
 
 
-def download_release(repo_id: str) -> Path:
-    """The local folder of a hub repo's GGUF files: from the cache, else downloaded."""
+def download_release(repo_id: str, download: bool = True) -> Path:
+    """The local folder of a hub repo's GGUF files: from the cache, else downloaded (unless not
+    `download`: then a repo that is not cached is an error)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -86,12 +94,61 @@ def download_release(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=["*.gguf", "*.json"], local_files_only=True))
     except LocalEntryNotFoundError:
         pass
+    if not download:
+        raise CheckpointError(repo_id, "not in the local Hugging Face cache (nothing is downloaded here); "
+                                       "`omnivision run --model` downloads it, or pass a local folder")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.gguf", "*.json"]))
     except Exception as e:  # network errors come in many types
         raise CheckpointError(repo_id, f"cannot download from the hub ({type(e).__name__}). Offline, "
                                        f"download {RELEASE_FILES} from https://huggingface.co/{repo_id} "
                                        f"into one folder and pass that folder as the model") from None
+
+
+@dataclass
+class Source:
+    """What a model source resolved to: a native checkpoint directory or a GGUF pair."""
+
+    native: Path | None = None
+    release: ReleaseFiles | None = None
+    prefix: str = ""
+    """Put before the pair's note (the hub id a folder came from)."""
+
+    @property
+    def note(self) -> str:
+        if self.native is not None:
+            return f"native checkpoint {self.native}"
+        return self.prefix + self.release.note
+
+
+def resolve(source: str | os.PathLike, *, gguf_type: str | None = None,
+            mmproj: str | os.PathLike | None = None, download: bool = True) -> Source:
+    """Which files `source` names (see the module docstring); raises `CheckpointError` for a
+    source that is not a model. GGUF headers are opened and validated; no tensor data is read."""
+    path = Path(source)
+    if path.is_dir() and is_native(path):
+        return Source(native=path)
+    if path.is_dir() and any(path.glob("*.gguf")):
+        return Source(release=find_release(path, gguf_type))
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CheckpointError(path, "not a model: give a checkpoint directory, a GGUF directory "
+                                        "or a language-model .gguf file")
+        return Source(release=_release_from_file(path, mmproj))
+    if path.exists():
+        raise CheckpointError(path, "a directory with neither a native checkpoint (config.json, "
+                                    "model.safetensors) nor GGUF files")
+    if _REPO_ID.match(str(source)):
+        folder = download_release(str(source), download)
+        return Source(release=find_release(folder, gguf_type), prefix=f"{source}: ")
+    raise CheckpointError(source, "no such file or directory")
+
+
+def _build(found: Source, dtype: torch.dtype, keep_quantized: bool, tensor_data: bool
+           ) -> tuple[OmniVisionModel, Tokenizer]:
+    if found.native is not None:
+        return load_native(found.native, dtype, tensor_data=tensor_data)
+    return load_release(found.release, dtype, keep_quantized, tensor_data=tensor_data)
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu",
@@ -103,29 +160,25 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu",
     being dequantized (`weights.gguf_quantized`); other sources ignore it.
     """
     dtype = resolve_dtype(dtype, device)
-    path = Path(source)
-    if path.is_dir() and is_native(path):
-        model, tokenizer = load_native(path, dtype)
-        note = f"native checkpoint {path}"
-    elif path.is_dir() and any(path.glob("*.gguf")):
-        files = find_release(path, gguf_type)
-        model, tokenizer = load_release(files, dtype, keep_quantized)
-        note = files.note
-    elif path.is_file():
-        if path.suffix != ".gguf":
-            raise CheckpointError(path, "not a model: give a checkpoint directory, a GGUF directory "
-                                        "or a language-model .gguf file")
-        files = _release_from_file(path, mmproj)
-        model, tokenizer = load_release(files, dtype, keep_quantized)
-        note = files.note
-    elif path.exists():
-        raise CheckpointError(path, "a directory with neither a native checkpoint (config.json, "
-                                    "model.safetensors) nor GGUF files")
-    elif _REPO_ID.match(str(source)):
-        folder = download_release(str(source))
-        files = find_release(folder, gguf_type)
-        model, tokenizer = load_release(files, dtype, keep_quantized)
-        note = f"{source}: {files.note}"
-    else:
-        raise CheckpointError(source, "no such file or directory")
-    return OmniVision(model.to(device), tokenizer, note=note)
+    found = resolve(source, gguf_type=gguf_type, mmproj=mmproj)
+    model, tokenizer = _build(found, dtype, keep_quantized, tensor_data=True)
+    return OmniVision(model.to(device), tokenizer, note=found.note)
+
+
+@dataclass
+class Checked:
+    """A source that passed every check of `load`: its files, and the model on the `meta` device."""
+
+    source: Source
+    model: OmniVisionModel
+    tokenizer: Tokenizer
+
+
+def check(source: str | os.PathLike, *, gguf_type: str | None = None,
+          mmproj: str | os.PathLike | None = None) -> Checked:
+    """Run every check `load` runs on `source`, without reading tensor data (see the module
+    docstring); raises the `CheckpointError` that loading would raise. A hub id is looked up in
+    the local cache only."""
+    found = resolve(source, gguf_type=gguf_type, mmproj=mmproj, download=False)
+    model, tokenizer = _build(found, torch.float32, keep_quantized=False, tensor_data=False)
+    return Checked(found, model, tokenizer)

@@ -8,7 +8,8 @@ constrain or inspect each step, and an interrupt check for cancellation). Image 
 second question about the same image skips the vision tower. With `low_memory`, the two towers take
 turns in resident memory (`weights.residency`): the language model's mapped pages are given back
 before an image is encoded and the vision side's after, so the peak is the larger tower rather than
-both (968M int4: 863 MB against 1063 MB answering one question; the cost is reading pages back).
+both (968M int4: a peak of 877 MB answering one image question, `answer_peak_rss_mb` in
+docs/bench-cpu.json; the cost is reading pages back).
 """
 
 from __future__ import annotations
@@ -78,19 +79,21 @@ class OmniVision:
                 images.append(turn.image)
             if n < len(turns) - 1:  # a past turn keeps its assistant reply, even an empty one
                 messages.append(Message("assistant", turn.answer))
-        proc = self.config.processing
-        ids = build_inputs(self.tokenizer, messages, template or proc.template, proc.system_prompt,
-                           self.config.num_image_tokens)
-        return ids, images
+        return self._build(messages, template, None, literal=False), images
 
     def conversation_ids(self, messages: Sequence[Message], system_prompt: str | None = None) -> list[int]:
         """Expanded prompt ids of a conversation from outside (an OpenAI-style request), in the
         model's template. The text of every turn is kept literal: special-token text in it is
         tokenized as plain text, so a message cannot forge turns. `system_prompt` None: the model's."""
+        return self._build(messages, None, system_prompt, literal=True)
+
+    def _build(self, messages: Sequence[Message], template: str | None, system_prompt: str | None,
+               literal: bool) -> list[int]:
+        """The one place prompts are made: the model's template and system prompt unless given."""
         proc = self.config.processing
         system = proc.system_prompt if system_prompt is None else system_prompt
-        return build_inputs(self.tokenizer, messages, proc.template, system, self.config.num_image_tokens,
-                            escape_content=True)
+        return build_inputs(self.tokenizer, messages, template or proc.template, system,
+                            self.config.num_image_tokens, escape_content=literal)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[ImageSource], max_pixels: int | None = None) -> torch.Tensor:

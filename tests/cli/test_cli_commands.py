@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +153,48 @@ def test_info_single_gguf_file(built, capsys):
     vlm = omnivision.load(built["native"], dtype="float32")
     language = sum(p.numel() for n, p in vlm.model.named_parameters() if n.startswith("language."))
     assert printed_totals(out) == [language]
+
+
+def _edited_copy(src: Path, out: Path, edit) -> Path:
+    """A copy of the native checkpoint `src` with its config.json edited by `edit(meta)`."""
+    shutil.copytree(src, out)
+    meta = json.loads((out / "config.json").read_text())
+    edit(meta)
+    (out / "config.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_info_runs_loadings_checks(built, capsys):
+    out, _ = run_main(capsys, ["info", built["native"]])
+    assert out.splitlines()[-1].startswith("checked as loading checks, without tensor data")
+    out, _ = run_main(capsys, ["info", built["q8"]])
+    assert "config (implied by the files):" in out and out.splitlines()[-1].startswith("checked as")
+
+
+def test_info_refuses_a_config_that_does_not_fit_the_tensors(built, capsys):
+    def wider(meta):
+        meta["config"]["projector"]["hidden_size"] += 8
+    src = _edited_copy(built["native"], built["root"] / "native-wider", wider)
+    capsys.readouterr()
+    assert main(["info", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "'projector.0.weight' has shape" in err and "the config needs" in err
+    with pytest.raises(ValueError, match="'projector.0.weight' has shape"):  # loading says the same
+        omnivision.load(src, dtype="float32")
+
+
+def test_info_checks_the_quantization_entry(built, capsys):
+    quantized = built["root"] / "native-int8"
+    run_main(capsys, ["quantize", built["native"], quantized, "--scheme", "int8"])
+    out, _ = run_main(capsys, ["info", quantized])
+    assert "quantization: int8 on " in out and out.splitlines()[-1].startswith("checked as")
+
+    def bogus(meta):
+        meta["quantization"]["skipped"] = ["language.model.layers.0.mlp.up_proj"]
+    src = _edited_copy(quantized, built["root"] / "native-int8-edited", bogus)
+    capsys.readouterr()
+    assert main(["info", str(src)]) == 2
+    assert "quantization: recorded skipped layers" in capsys.readouterr().err
 
 
 # --- convert and run ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The report: every metric in results.json, our headline numbers (0-100) beside the published ones
-with their sources in report.md, the published numbers as peers.md prints them, and the chart
-(skipped with a note without matplotlib)."""
+with their sources in report.md, the published numbers as docs/published-numbers.md prints them
+(the repository's own copy, read from this checkout), and the chart (skipped with a note without
+matplotlib)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from omnivision.eval import report
 
-PEERS = Path("/work/shared/reference/peers.md")
+PUBLISHED_NUMBERS = Path(__file__).resolve().parents[2] / "docs" / "published-numbers.md"
 
 TASKS = {
     "pope": {"status": "scored", "n": 10, "metrics": {"accuracy": 0.8, "f1_score": 0.75, "precision": 0.6,
@@ -77,20 +78,25 @@ def test_headline_values_for_the_chart():
     assert rows[("ScienceQA", "exact_match")]["status"] == "not run"
 
 
-@pytest.mark.skipif(not PEERS.is_file(), reason="shared/reference/peers.md is not in this checkout")
-def test_published_cells_are_those_of_peers_md():
-    text = PEERS.read_text()
-    table = text[text.index("### Quality bar"):]
-    names = {"OmniVision-968M v1": "Omnivision-968M v1", "OmniVision v2": "Omnivision v2",
-             "nanoLLaVA 1.0": "nanoLLaVA 1.0"}
+def test_published_cells_are_those_of_the_docs():
+    assert PUBLISHED_NUMBERS.is_file(), f"{PUBLISHED_NUMBERS} is missing from the repository"
+    text = PUBLISHED_NUMBERS.read_text(encoding="utf-8")
+    table = text[text.index("## 1. The table"):text.index("## 2. Sources")]
+    header = next(l for l in table.splitlines() if l.startswith("| Model |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "Model", "MM-Vet", "ChartQA", "MMMU", "ScienceQA", "POPE", "Source"]
+    sources = text[text.index("## 2. Sources"):]
     for published in report.PUBLISHED:
-        line = next(l for l in table.splitlines() if l.startswith(f"| {names[published.model]}"))
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows = [l for l in table.splitlines() if l.startswith(f"| {published.model} |")]
+        assert len(rows) == 1, f"no single row for {published.model} in {PUBLISHED_NUMBERS.name}"
+        cells = [c.strip() for c in rows[0].strip("|").split("|")]
         assert cells[1:6] == [published.cells[b] for b in ("MM-Vet", "ChartQA", "MMMU", "ScienceQA", "POPE")]
-        tag = re.search(r"\[\w+\]", cells[6]).group(0)
-        assert published.source.startswith(tag)
+        tag = re.fullmatch(r"\[\w+\]", cells[6]).group(0)
+        assert published.source.startswith(tag + " ")
         url = published.source.split()[1]
-        assert url in text[text.index(f"**{tag}**"):]
+        entry = sources[sources.index(f"**{tag}**"):]
+        entry = entry[:entry.find("\n- **", 1) if "\n- **" in entry[1:] else len(entry)]
+        assert url in entry, f"{tag}: {url} is not in its entry of {PUBLISHED_NUMBERS.name}"
 
 
 def test_chart_is_a_png(tmp_path):

@@ -31,7 +31,7 @@ def test_single_turn_templates(template: str, expected: str) -> None:
 
 
 def test_official_prompt_literal() -> None:
-    # model-facts.md section 0 item 4, written out in full
+    # docs/official-release.md section 0, item 4, written out in full
     assert render(ASK) == (
         "<|im_start|>system\nYou are Nano-Omni-VLM, created by Nexa AI. You are a helpful assistant."
         "<|im_end|>\n<|im_start|>user\n\n<|vision_start|><|image_pad|><|vision_end|>"

@@ -1,6 +1,6 @@
 """`omnivision verify-release` and `omnivision info` on GGUF files with the full official layout.
 
-The files have the exact official tensor names, shapes and types (model-facts.md 2.1 and 2.2) and
+The files have the exact official tensor names, shapes and types (docs/official-release.md 2.1 and 2.2) and
 the official metadata, but no real weights: the header, metadata and tensor table are written with
 `gguf.GGUFWriter` and the file is then extended to its full size with `truncate`, which makes a
 sparse file (instant, no disk use), so every tensor offset is valid. Neither command reads tensor
@@ -9,6 +9,7 @@ data, so this checks them against the real layout without a 2 GB download.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from math import prod
@@ -29,7 +30,7 @@ LLM_NAME = "Nano-Vlm-Processor-494M-F16.gguf"
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
 ALIGNMENT = 32
 
-# official parameter counts (model-facts.md 5.3)
+# official parameter counts (docs/official-release.md 5.3)
 VISION_PARAMS, PROJECTOR_PARAMS, LANGUAGE_PARAMS = 428_225_600, 46_142_336, 494_032_768
 
 MMPROJ_METADATA = [
@@ -203,7 +204,7 @@ def _verify(folder: Path, capsys) -> tuple[int, list[str]]:
 def test_files_are_full_size_and_sparse(official_dir: Path) -> None:
     mm = official_dir / MMPROJ_NAME
     llm = official_dir / LLM_NAME
-    # the sizes Hugging Face lists for the release (model-facts.md 1.2 and 2.2): 958 MB and 994 MB
+    # the sizes Hugging Face lists for the release (docs/official-release.md 1.2 and 2.2): 958 MB and 994 MB
     assert round(mm.stat().st_size / 1e6) == 958
     assert round(llm.stat().st_size / 1e6) == 994
     if mm.stat().st_blocks * 512 >= mm.stat().st_size:
@@ -303,11 +304,9 @@ def _counts(text: str) -> dict[str, list[int]]:
     return out
 
 
-def test_info_prints_the_official_parameter_counts(tmp_path: Path, capsys) -> None:
-    # info reads no tokenizer, so this language-model file carries none (works without the wheel)
+def test_info_prints_the_official_parameter_counts_of_an_mmproj_alone(tmp_path: Path, capsys) -> None:
+    # an mmproj alone is described and its container checked; no tokenizer needed (no wheel)
     write_sparse_gguf(tmp_path / MMPROJ_NAME, "siglip", MMPROJ_METADATA, mmproj_tensors())
-    write_sparse_gguf(tmp_path / LLM_NAME, "qwen2", LLM_METADATA, llm_tensors())
-
     assert main(["info", str(tmp_path / MMPROJ_NAME)]) == 0
     out = capsys.readouterr().out
     assert f"{MMPROJ_NAME}: GGUF v3, architecture 'siglip'" in out
@@ -316,14 +315,48 @@ def test_info_prints_the_official_parameter_counts(tmp_path: Path, capsys) -> No
                             "total": [VISION_PARAMS + PROJECTOR_PARAMS]}
     assert re.search(r"^  vision\s+428,225,600$", out, flags=re.MULTILINE)
     assert re.search(r"^  projector\s+46,142,336$", out, flags=re.MULTILINE)
+    assert "an mmproj alone is not a model" in out
 
-    assert main(["info", str(tmp_path)]) == 0  # the folder: both files
+
+def test_info_checks_the_official_pair_as_loading_does(official_dir: Path, capsys) -> None:
+    assert main(["info", str(official_dir)]) == 0  # the folder: both files, then the model checks
     out = capsys.readouterr().out
     counts = _counts(out)
     assert counts["language"] == [LANGUAGE_PARAMS]
     assert counts["vision"] == [VISION_PARAMS] and counts["projector"] == [PROJECTOR_PARAMS]
     assert sorted(counts["total"]) == [VISION_PARAMS + PROJECTOR_PARAMS, LANGUAGE_PARAMS]
     assert VISION_PARAMS + PROJECTOR_PARAMS + LANGUAGE_PARAMS == 968_400_704  # the advertised 968M
+    assert f"model: language model: {LLM_NAME} (F16, the only one present); mmproj: {MMPROJ_NAME}" in out
+    config, _ = json.JSONDecoder().raw_decode(out, out.index("{", out.index("config (implied by the files):")))
+    assert config["projector"]["compression"] == "concat9" and config["projector"]["hidden_size"] == 4096
+    assert config["text"]["num_layers"] == 24 and config["vision"]["num_layers"] == 27
+    assert "checked as loading checks, without tensor data" in out.splitlines()[-1]
+    # the language-model file alone: the mmproj beside it is found as loading finds it
+    assert main(["info", str(official_dir / LLM_NAME)]) == 0
+    assert "checked as loading checks" in capsys.readouterr().out
+
+
+def test_info_refuses_what_loading_refuses(official_dir: Path, tmp_path: Path, capsys) -> None:
+    # a language model without a tokenizer: described, then loading's error
+    write_sparse_gguf(tmp_path / MMPROJ_NAME, "siglip", MMPROJ_METADATA, mmproj_tensors())
+    write_sparse_gguf(tmp_path / LLM_NAME, "qwen2", LLM_METADATA, llm_tensors())
+    assert main(["info", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert _counts(captured.out)["language"] == [LANGUAGE_PARAMS]
+    assert "cannot build the tokenizer from its metadata" in captured.err
+    # a projector whose width disagrees with the language model's: a shape error, no data read
+    folder = _variant(official_dir, tmp_path, mmproj=mmproj_tensors()[:-2] + _linear("mm.2", 512, 4096))
+    assert main(["info", str(folder)]) == 2
+    assert "tensor 'projector.2.weight' has shape (512, 4096), the config needs (896, 4096)" \
+        in capsys.readouterr().err
+    # two language models of one type: the pair check of loading
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in (MMPROJ_NAME, LLM_NAME):
+        _link(official_dir / name, two / name)
+    _link(official_dir / LLM_NAME, two / "copy.gguf")
+    assert main(["info", str(two)]) == 2
+    assert "two F16 language-model GGUFs" in capsys.readouterr().err
 
 
 def test_info_rejects_a_file_cut_short(tmp_path: Path, capsys) -> None:

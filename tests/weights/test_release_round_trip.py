@@ -2,7 +2,7 @@
 
 Covers: exact F32 round trip, F16 within fp16 rounding, Q8_0 within its quantisation bound (and the
 same greedy decisions up to near-ties), the metadata keys, value types and tensor dtypes of
-model-facts.md 2.1 / 2.2, the `omnivision.*` keys for non-official settings, the number of image
+docs/official-release.md 2.1 and 2.2, the `omnivision.*` keys for non-official settings, the number of image
 tokens inferred from `mm.0.weight`, and the choice among several language-model files.
 """
 

@@ -7,9 +7,9 @@ A run writes into a folder that earlier runs may have written to: `build_results
 of tasks this run did not touch (from the previous results.json) and replaces those it did, so a
 rerun with fewer tasks loses nothing; each entry carries the time of the run that made it.
 
-The published numbers are those of the "Quality bar" table in shared/reference/peers.md, each cell
-as printed there. Splits, prompts and scoring tools differ between them and from ours, so the
-comparison is indicative. Our headline numbers are on a 0-100 scale.
+The published numbers are those of the table in docs/published-numbers.md (section 1), each cell
+as printed there, with its source (section 2). Splits, prompts and scoring tools differ between
+them and from ours, so the comparison is indicative. Our headline numbers are on a 0-100 scale.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ HEADLINES = (
 class Published:
     model: str
     source: str
-    """The reference tag in peers.md and the address it resolves to."""
+    """The source's tag in docs/published-numbers.md and the address it resolves to."""
     cells: Mapping[str, str]
     """Benchmark -> the cell as printed in the table ("–" where none is given)."""
     values: Mapping[str, float]
@@ -84,8 +84,8 @@ PUBLISHED = (
 )
 
 NOTES = (
-    "Published numbers: the \"Quality bar\" table of shared/reference/peers.md, cells as printed "
-    "there. Splits, prompts and scoring tools differ, so the comparison is indicative.",
+    "Published numbers: the table of docs/published-numbers.md in the omnivision repository, cells "
+    "as printed there. Splits, prompts and scoring tools differ, so the comparison is indicative.",
     "POPE: the cards give one number without saying whether it is accuracy or F1, so it stands "
     "beside both.",
     "MMMU: our figure is the validation split; the chart compares it with each card's val figure "

@@ -3,7 +3,7 @@
 Prompt building expands each image placeholder into `num_image_tokens` copies of `image_token_id`
 (processing/prompt.py); here every copy is replaced, in order, by one projected image embedding, with
 a count check. This is equivalent to the official runtime, which splices the 81 embeddings in place of
-one `<|image_pad|>` token (model-facts.md 3.2). No sampling and no files here.
+one `<|image_pad|>` token (docs/official-release.md 3.2). No sampling and no files here.
 
 Reference: transformers `models/llava/modeling_llava.py`.
 """

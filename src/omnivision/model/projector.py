@@ -4,7 +4,7 @@ Compression modes (`ProjectorConfig.compression`):
 
 - `concat9`, the official one: a flat reshape that concatenates every 9 consecutive tokens of the
   row-major patch sequence, `[B, 729, 1152] -> [B, 81, 10368]` (token 9g first). On the 27x27 grid each
-  group is a 1x9 strip of one row (model-facts.md 0.1 and 1.1). Needs only a patch count divisible by 9.
+  group is a 1x9 strip of one row (docs/official-release.md 1.1, and 0, item 1). Needs only a patch count divisible by 9.
 - `spatial3x3`: each 3x3 block of the grid becomes one token, row-major inside the block. Needs a grid
   side divisible by 3.
 - `none`: every patch is one token.

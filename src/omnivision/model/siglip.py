@@ -3,7 +3,7 @@
 Submodule names follow Hugging Face's `SiglipVisionModel` (without its `vision_model.` prefix), so
 converting a checkpoint is a prefix change. There is no CLS token and no pre-norm. The output is the
 last encoder layer followed by `post_layernorm`, which is what OmniVision's projector consumes
-(model-facts.md 0.2). The attention-pooling `head` is kept only so that official weights load and the
+(docs/official-release.md 0, item 2). The attention-pooling `head` is kept only so that official weights load and the
 parameter count matches; inference does not call it.
 
 Reference: transformers `models/siglip/modeling_siglip.py`.

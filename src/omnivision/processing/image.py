@@ -6,7 +6,7 @@ tensor the vision tower eats:
 - `load_image` accepts PNG, JPEG and WEBP only, refuses decompression bombs from the header before
   decoding, and converts to RGB the way the official runtime (stb_image with 3 channels) does: alpha
   dropped, grey replicated, 16-bit samples shifted down to 8 bits, no EXIF rotation.
-- `resize_official` ports llama.cpp `clip.cpp` `bicubic_resize` (model-facts.md section 4) exactly,
+- `resize_official` ports llama.cpp `clip.cpp` `bicubic_resize` (docs/official-release.md section 4) exactly,
   vectorised with numpy; `resize_pil` is the PIL bicubic alternative.
 - `preprocess` / `ImageProcessor` squash, normalise `(x/255 - mean)/std` in float32 and lay out CHW.
 """

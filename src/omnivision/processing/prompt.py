@@ -1,6 +1,6 @@
 """Chat prompts: the official templates byte for byte, multi-turn rendering, the image-token splice.
 
-Templates (model-facts.md section 3.1); `S` is the system turn
+Templates (docs/official-release.md section 3.1); `S` is the system turn
 `<|im_start|>system\\n{system_prompt}<|im_end|>\\n` and `V` the vision block
 `<|vision_start|><|image_pad|><|vision_end|>`:
 

@@ -6,7 +6,7 @@ This module owns:
   `tokenizer.json` or from the `tokenizer.ggml.*` keys of a GGUF file, and written back to them;
 - `StreamDecoder`: incremental detokenisation that never emits half a UTF-8 character;
 - finding a real Qwen2.5 tokenizer offline (`find_local_qwen_tokenizer`,
-  `qwen25_from_qwen3_tokenizer_json`), see model-facts.md section 9.
+  `qwen25_from_qwen3_tokenizer_json`), see docs/official-release.md section 9.
 
 GGUF conventions (those of llama.cpp's `convert_hf_to_gguf.py` for Qwen2.5-Instruct):
 `tokenizer.ggml.model` "gpt2", `tokenizer.ggml.pre` "qwen2", token types 1 normal, 3 control (added

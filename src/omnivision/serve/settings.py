@@ -1,7 +1,7 @@
-"""Everything an operator can set on the server, with the defaults of the hardening reference.
+"""Everything an operator can set on the server, with the defaults of docs/server-security.md.
 
 One frozen dataclass, filled by `omnivision serve`'s flags and read by the app, the image intake
-and the generation slots. Defaults follow `shared/reference/server-hardening.md` section 6.
+and the generation slots. The defaults and the reason for each: `docs/server-security.md` section 6.
 """
 
 from __future__ import annotations

@@ -4,5 +4,6 @@
 (warmup + cosine), `loop` (the `train` function and the `Task` protocol a recipe implements),
 `checkpoint` (atomic, pickle-free, exactly resumable checkpoints), `distributed` (torchrun, DDP and
 FSDP) and `metrics` (JSONL log and the PNG of the curves). Recipes compose these functions; there is
-no trainer class to subclass (shared/STYLE.md section 5, habit 9).
+no trainer class to subclass: each stage composes plain functions, and a few
+duplicated lines between stages are preferred to hooks in a base class.
 """

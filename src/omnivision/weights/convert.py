@@ -5,7 +5,7 @@ Native names are Hugging Face's, under one prefix per part: `vision.*` (SiglipVi
 
 - Hugging Face components: `vision_model.*` (SigLIP) and `model.*` / `lm_head.*` (Qwen2).
 - The official HF checkpoint: `vision_tower.vision_model.*`, `multi_modal_projector.*`, `language_model.*`.
-- The official GGUF pair: the mmproj's `v.*` / `mm.*` names (model-facts.md 2.1; note `ffn_down` is
+- The official GGUF pair: the mmproj's `v.*` / `mm.*` names (docs/official-release.md 2.1; note `ffn_down` is
   SigLIP's fc1 and `ffn_up` its fc2) and llama.cpp's `qwen2` names (2.2).
 
 The functions take and return `{name: tensor}`; none of them touch a model or a file. A name that no
@@ -169,7 +169,7 @@ def qwen2_to_hf(sd: Mapping[str, T]) -> dict[str, T]:
 
 
 def release_hf_to_native(sd: Mapping[str, T], tied: bool = True) -> dict[str, T]:
-    """The official Llava-style HF checkpoint (model-facts.md 1.4) -> native names."""
+    """The official Llava-style HF checkpoint (docs/official-release.md 1.4) -> native names."""
     out: dict[str, T] = {}
     for name, value in sd.items():
         if name.startswith("vision_tower.vision_model."):

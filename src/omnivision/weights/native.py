@@ -38,6 +38,9 @@ CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json
 _NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
           "BOOL": np.bool_}
+_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
 
 
 def is_native(path: str | os.PathLike) -> bool:
@@ -100,11 +103,29 @@ def read_config(path: str | os.PathLike) -> OmniVisionConfig:
         raise CheckpointError(file, f"invalid config: {e}") from None
 
 
+def _check_dtypes(path: Path, header: dict) -> None:
+    for name, entry in header.items():
+        if entry["dtype"] not in _TORCH:
+            raise CheckpointError(path, f"tensor {name!r} has dtype {entry['dtype']}, which omnivision "
+                                        f"does not load (supported: {', '.join(_TORCH)})")
+
+
+def header_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The file's tensors as `meta` tensors (names, shapes, dtypes; no data read), after the same
+    header validation as `mmap_safetensors`."""
+    path = Path(path)
+    header = check_safetensors(path)
+    _check_dtypes(path, header)
+    return {name: torch.empty(entry["shape"], dtype=_TORCH[entry["dtype"]], device="meta")
+            for name, entry in header.items()}
+
+
 def mmap_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Validated tensors: zero-copy views of a private memory map of the file where they start on
     a 64-byte boundary, read into (aligned) process memory where they do not."""
     path = Path(path)
     header = check_safetensors(path)
+    _check_dtypes(path, header)
     if not header:
         return {}
     raw = np.memmap(path, dtype=np.uint8, mode="c")
@@ -150,15 +171,20 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def load_native(path: str | os.PathLike, dtype: torch.dtype | None = None
+def load_native(path: str | os.PathLike, dtype: torch.dtype | None = None, *, tensor_data: bool = True
                 ) -> tuple[OmniVisionModel, Tokenizer]:
-    """Load a native checkpoint directory (tensors memory-mapped when `dtype` matches the file)."""
+    """Load a native checkpoint directory (tensors memory-mapped when `dtype` matches the file).
+
+    `tensor_data=False` runs every check of loading (the config, its quantization entry, tensor
+    names, shapes and dtypes against the config, the tokenizer) without reading tensor data; the
+    model's tensors are then on the `meta` device (what `omnivision info` does)."""
     path = Path(path)
     config = read_config(path)
     with torch.device("meta"):
         model = OmniVisionModel(config)
         apply_recorded(model, path / CONFIG)  # quantized layers, if the checkpoint has them
-    load_state(model, mmap_safetensors(path / WEIGHTS), path / WEIGHTS, dtype)
+    state = mmap_safetensors(path / WEIGHTS) if tensor_data else header_tensors(path / WEIGHTS)
+    load_state(model, state, path / WEIGHTS, dtype)
     tok_file = path / TOKENIZER
     if not tok_file.is_file():
         raise CheckpointError(path, f"no {TOKENIZER}")

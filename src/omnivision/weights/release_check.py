@@ -1,4 +1,4 @@
-"""The checklist of model-facts.md section 8, run on the official files a user has downloaded.
+"""The checklist of docs/official-release.md section 8, run on the official files a user has downloaded.
 
 Each check reads metadata and tensor shapes only (no tensor data) and yields one `Check` with a
 status: `pass`, `fail`, or `info` for facts the reference leaves open (the BOS flag, OCR tokens).

@@ -3,7 +3,7 @@
 Finds the pair in a directory (told apart by `general.architecture`, never by file name), picks one
 language-model file when several precisions are present, derives the whole config from metadata and
 tensor shapes (the projector width and the number of image tokens come from `mm.0.weight`), and
-loads the tensors through the validating reader. Keys and names: model-facts.md 2.1 and 2.2.
+loads the tensors through the validating reader. Keys and names: docs/official-release.md 2.1 and 2.2.
 """
 
 from __future__ import annotations
@@ -184,7 +184,10 @@ def release_config(llm: GGUFFile, mmproj: GGUFFile, tokenizer: Tokenizer) -> Omn
         raise CheckpointError(mmproj.path, f"inconsistent model description: {e}") from None
 
 
-def _tensors(f: GGUFFile, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _tensors(f: GGUFFile, dtype: torch.dtype, data: bool = True) -> dict[str, torch.Tensor]:
+    """Every tensor of `f` in `dtype`; without `data`, as `meta` tensors of the same shapes."""
+    if not data:
+        return {name: torch.empty(info.shape, dtype=dtype, device="meta") for name, info in f.tensors.items()}
     return {name: f.tensor(name, dtype) for name in f.tensors}
 
 
@@ -218,11 +221,16 @@ def _quantized_llm_state(model: OmniVisionModel, llm: GGUFFile, dtype: torch.dty
     return state, f"{kind} kept as {scheme} ({exact} of {layers} layers exact copies)"
 
 
-def load_release(files: ReleaseFiles, dtype: torch.dtype = torch.float32, keep_quantized: bool = False
-                 ) -> tuple[OmniVisionModel, Tokenizer]:
+def load_release(files: ReleaseFiles, dtype: torch.dtype = torch.float32, keep_quantized: bool = False,
+                 *, tensor_data: bool = True) -> tuple[OmniVisionModel, Tokenizer]:
     """Build the model from the pair; quantized tensors are dequantized to `dtype`, or, with
     `keep_quantized`, a Q8_0 / Q4_0 language model's matrices load into int8 / int4 layers
-    (`weights.gguf_quantized`) and `files.note` says how."""
+    (`weights.gguf_quantized`) and `files.note` says how.
+
+    `tensor_data=False` runs every check of loading (the tokenizer from the metadata, the config
+    the metadata and shapes imply, every tensor name and shape against it) without reading tensor
+    data; the model's tensors are then on the `meta` device (what `omnivision info` does).
+    `keep_quantized` needs the data and is ignored then."""
     try:
         tokenizer = Tokenizer.from_gguf_metadata(files.llm.metadata)
     except (KeyError, ValueError, TypeError) as e:
@@ -231,12 +239,12 @@ def load_release(files: ReleaseFiles, dtype: torch.dtype = torch.float32, keep_q
     with torch.device("meta"):
         model = OmniVisionModel(config)
     try:
-        state = mmproj_to_native(_tensors(files.mmproj, dtype))
-        if keep_quantized:
+        state = mmproj_to_native(_tensors(files.mmproj, dtype, tensor_data))
+        if keep_quantized and tensor_data:
             llm_state, how = _quantized_llm_state(model, files.llm, dtype)
             files.note += f"; {how}"
         else:
-            llm_state = llm_to_native(_tensors(files.llm, dtype))
+            llm_state = llm_to_native(_tensors(files.llm, dtype, tensor_data))
         state.update(llm_state)
     except KeyError as e:
         raise CheckpointError(files.mmproj.path, f"unexpected tensor name: {e.args[0]}") from None

@@ -1,6 +1,6 @@
 """Writing the official GGUF pair, so a model trained here runs in llama.cpp-based runtimes.
 
-The mmproj follows the official converter (model-facts.md 2.1): `siglip.*` keys, `v.*`/`mm.*`
+The mmproj follows the official converter (docs/official-release.md 2.1): `siglip.*` keys, `v.*`/`mm.*`
 tensors, 2-D `.weight` and 4-D tensors in f16 and the rest in f32 (all f32 for `F32`). The language
 model is a standard llama.cpp `qwen2` file (2.2): norms and biases in f32, matrices in the chosen
 type. `Q8_0` and `Q4_0` apply to the language model; the mmproj then stays f16, as in the release. A model

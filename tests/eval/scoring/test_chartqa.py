@@ -1,5 +1,5 @@
 """ChartQA relaxed accuracy under both conventions; expected values worked out by hand from the
-rules in shared/reference/benchmark-scoring.md, section 4."""
+rules in docs/benchmark-scoring.md, section 4."""
 
 from __future__ import annotations
 

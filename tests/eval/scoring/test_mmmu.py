@@ -1,6 +1,6 @@
 """MMMU: the multiple-choice parser and its per-sample seeded fallback, open answers by the official
 MMMU rules, the vlmevalkit path, and accuracy per subject, domain and overall. Expected values are
-worked out by hand from shared/reference/benchmark-scoring.md (sections 3.2 to 3.5)."""
+worked out by hand from docs/benchmark-scoring.md (sections 3.2 to 3.5)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_fallback_is_seeded_per_sample_and_counted():
 
 
 def test_wrong_fallback_reads_no_letter():
-    # reference 3.2: "always wrong" instead of a random letter; a readable letter is unaffected
+    # docs/benchmark-scoring.md 3.2: "always wrong" instead of a random letter; a readable letter is unaffected
     unread = mmmu.score(mc("B)"), "lmms-eval", fallback="wrong")
     assert (unread.score, unread.parsed) == (0.0, {"letter": None, "random": False, "wrong": True})
     read = mmmu.score(mc("(B)"), "lmms-eval", fallback="wrong")

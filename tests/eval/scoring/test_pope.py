@@ -1,5 +1,5 @@
 """POPE scoring under both conventions: how yes/no is read, and the metric tables. Every expected
-value below is worked out by hand from the rules in shared/reference/benchmark-scoring.md."""
+value below is worked out by hand from the rules in docs/benchmark-scoring.md section 1."""
 
 from __future__ import annotations
 

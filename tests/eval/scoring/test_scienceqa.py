@@ -1,5 +1,5 @@
 """ScienceQA-IMG letter rules under both conventions. Options: A cat, B dog, C bird; B is right.
-Expected values are worked out by hand from shared/reference/benchmark-scoring.md."""
+Expected values are worked out by hand from docs/benchmark-scoring.md section 2."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_out_that_is_a_folder_is_refused_by_name(tmp_path):
 
 
 def test_mmmu_fallback_option(tmp_path):
-    # "B)" has no readable letter (reference 3.2): random draws a letter, wrong gives none
+    # "B)" has no readable letter (docs/benchmark-scoring.md 3.2): random draws a letter, wrong gives none
     rows = [{"id": f"validation_Art_{i}", "question_type": "multiple-choice", "options": "['x', 'y']",
              "answer": "A", "prediction": "B)"} for i in range(20)]
     src = write(tmp_path / "mmmu.jsonl", rows)

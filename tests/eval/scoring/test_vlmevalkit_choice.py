@@ -1,5 +1,5 @@
 """VLMEvalKit's rule-based letter reading (`can_infer`), case by case; each expectation is worked
-out by hand from the rules in the module docstring (shared/reference/benchmark-scoring.md, and
+out by hand from the rules in the module docstring (docs/benchmark-scoring.md section 2, and
 VLMEvalKit's `can_infer_option` for the "answer is X" pattern)."""
 
 from __future__ import annotations

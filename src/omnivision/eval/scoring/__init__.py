@@ -3,7 +3,7 @@
 Each module exposes `score(record, convention) -> Scored` and `aggregate(records, convention) ->
 dict` (see `protocol`); `score_file` applies one to records or to a JSONL file of predictions.
 Conventions: "lmms-eval" (default) and "vlmevalkit" (its rule-based path); the rules are in each
-module's docstring and in shared/reference/benchmark-scoring.md. MMMU's scorer also takes the
+module's docstring and in docs/benchmark-scoring.md. MMMU's scorer also takes the
 fallback for an unreadable letter ("random" or "wrong"); `score_options` gives a task's extra
 keyword options.
 """

@@ -8,7 +8,7 @@ only), `answer` (a letter, or the open answer's text; a list of either is accept
 normalised candidates of an open answer.
 
 - lmms-eval: `mmmu_parsing` rules. A multiple-choice answer with no readable letter falls back as
-  `fallback` says (reference section 3.2). "random" (the default, lmms-eval's and the official
+  `fallback` says (docs/benchmark-scoring.md 3.2). "random" (the default, lmms-eval's and the official
   scorer's behaviour): a random letter, drawn from a generator seeded with the record's `id`, so a
   rerun gives the same number. "wrong": no letter, so the answer is wrong, as VLMEvalKit's
   exact-matching mode scores it. The aggregate counts both (`random_fallbacks`,
