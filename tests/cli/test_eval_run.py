@@ -1,7 +1,7 @@
 """`omnivision eval --model ... --tasks ...` end to end on a tiny random checkpoint: the files it
 writes with `--limit`, the same files from two processes under torchrun (gloo on CPU), endpoint runs
-(its progress bar, the MMMU fallback option, an empty task), and bad input failing with `error:`
-before any model is loaded."""
+(its progress bar, the MMMU fallback option, an empty task), the command going through the runner's
+one sequence (`runner.evaluate`), and bad input failing with `error:` before any model is loaded."""
 
 from __future__ import annotations
 
@@ -98,6 +98,24 @@ def test_endpoint_run_with_progress_bar(setup, tmp_path, capsys):
     assert results["metadata"]["model"] == {"backend": "endpoint", "url": server.url + "/chat/completions",
                                             "model": "peer", "served_model": "served-model", "seed": 1234}
     assert "| POPE | accuracy | 50.0 | 2 |" in out
+
+
+def test_the_command_runs_the_runners_one_sequence(setup, tmp_path, monkeypatch):
+    """`omnivision eval` goes through `runner.evaluate`, the sequence tests/eval/test_runner.py
+    covers; the model is made for the device the runner gives it."""
+    from omnivision.eval import runner
+
+    calls = []
+    real = runner.evaluate
+
+    def spy(tasks, model, settings, options=None, device="auto"):
+        calls.append((tuple(t.name for t in tasks), device, options["limit"]))
+        return real(tasks, model, settings, options, device)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    assert main(eval_args(setup, tmp_path, "--limit", "1", "--no-progress")) == 0
+    assert calls == [(tuple(TASKS.split(",")), "cpu", 1)]
+    assert json.loads((tmp_path / "results.json").read_text())["metadata"]["model"]["backend"] == "local"
 
 
 @pytest.mark.parametrize("extra, message", [

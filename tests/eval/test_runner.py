@@ -2,7 +2,8 @@
 by one; scores and metrics worked out by hand; resuming after a smaller limit or a killed run, and
 refusing another model or other settings; MM-Vet unscored without a judge and graded with one;
 multi-image samples counted; images decoded only by the process that answers; earlier tasks kept in
-the report; the MMMU test submission; empty tasks; checks that run before any model is loaded."""
+the report; the MMMU test submission; empty tasks; checks that run before any model is loaded; the
+order of the run's steps across processes (join, answer, leave, then the main process finishes)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import json
 import random
 
 import pytest
+import torch
 
 import omnivision
 from omnivision.eval import predictions, run_record, runner
 from omnivision.eval.evaluated_models import LocalModel
 from omnivision.eval.scoring.mmvet import GraderPrompt, load_grader_prompt
 from omnivision.eval.tasks import Generation, TaskDataError, UnknownTaskError, get_task, images
+from omnivision.process_group import DistInfo
 from tests.chat_server import ChatServer
 from tests.eval.tasks.files import b64, image_cell, write_parquet, write_tsv
 from tests.eval.tiny_run import (POPE_TYPES, ScriptedModel, short, write_benchmarks, write_checkpoint,
@@ -316,3 +319,53 @@ def test_an_empty_task_gives_an_empty_entry(tmp_path):
     entry = results["tasks"]["mmvet"]
     assert (entry["status"], entry["n"]) == ("empty", 0) and server.bodies() == []
     assert "mmvet: no samples in this run" in (tmp_path / "o" / "report.md").read_text()
+
+
+class Steps:
+    """Stands in for the process group of one process of a two-process torchrun run, and records
+    the order of the run's steps."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.seen = rank, []
+
+    def setup(self, device):
+        self.seen.append(f"setup {device}")
+        return DistInfo(self.rank, 2, self.rank, torch.device("cpu"))
+
+    def cleanup(self):
+        self.seen.append("cleanup")
+
+    def barrier(self):
+        self.seen.append("barrier")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_evaluate_joins_answers_leaves_then_the_main_process_finishes(tmp_path, data, monkeypatch, rank):
+    """The one sequence `omnivision eval` runs (tests/cli/test_eval_run.py runs it under torchrun):
+    join the group, make the model for this process's device, answer, leave the group (a barrier:
+    every process has answered), and only then, on the main process, merge, score and report."""
+    steps = Steps(rank)
+    monkeypatch.setattr(runner, "process_group", steps)
+    real_predict, real_finish = runner.predict, runner.finish
+    monkeypatch.setattr(runner, "predict", lambda *a: steps.seen.append("predict") or real_predict(*a))
+    monkeypatch.setattr(runner, "finish", lambda *a: steps.seen.append("finish") or real_finish(*a))
+
+    def factory(device):
+        steps.seen.append(f"model on {device}")
+        return ScriptedModel()
+
+    results = runner.evaluate([short("chartqa")], factory, settings(tmp_path, data, limit=2), device="cpu")
+    expected = ["setup cpu", "model on cpu", "predict", "cleanup"] + (["finish"] if rank == 0 else [])
+    assert steps.seen == expected
+    assert (results is None) == (rank != 0)
+
+
+def test_a_process_group_joined_before_is_kept(tmp_path, data, monkeypatch):
+    steps = Steps(0)
+    monkeypatch.setattr(runner, "process_group", steps)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(runner, "place", lambda: (0, 1))
+    model = ScriptedModel()
+    results = runner.evaluate([short("chartqa")], model, settings(tmp_path, data, limit=2))
+    assert steps.seen == ["setup auto", "barrier"] and model.asked == ["0", "1"]
+    assert results["tasks"]["chartqa"]["n"] == 2

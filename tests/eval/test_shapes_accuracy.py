@@ -1,6 +1,7 @@
-"""The nano-model scorer (`eval/shapes_accuracy.py`), now built on the benchmark scorers, keeps its own
-results: accuracy per question type, and POPE tables where an answer counts by its first word and
-anything unreadable counts as "no". Expected values are worked out by hand."""
+"""The nano-model scorer (`eval/shapes_accuracy.py`), built on the benchmark scorers and the generated
+data's answer rule: accuracy per question type, and POPE tables where an answer counts by its first
+word and anything unreadable is wrong and a negative prediction. Expected values are worked out by
+hand."""
 
 from __future__ import annotations
 
@@ -55,14 +56,14 @@ def test_pope_metrics_first_word_rule():
     items = [probe(0, "yes", "random"), probe(1, "yes", "random"), probe(2, "no", "random"),
              probe(3, "no", "random"), probe(4, "yes", "adversarial"), probe(5, "no", "adversarial")]
     answers = ["Yes, there is.",  # yes on yes: TP
-               "I think so",  # unreadable on yes: a "no", FN
-               "maybe",  # unreadable on no: a "no", TN (right)
+               "I think so",  # unreadable on yes: wrong, a negative prediction (FN)
+               "maybe",  # unreadable on no: wrong, and no predicted "yes"
                "yes",  # yes on no: FP
                "no", "No."]  # adversarial: FN, TN
     out = pope_metrics(answerer(answers, []), items, batch=4)
     assert set(out) == {"random", "adversarial"}
-    # random: TP 1, FN 1, TN 1, FP 1
-    assert out["random"] == pytest.approx({"accuracy": 0.5, "precision": 0.5, "recall": 0.5,
+    # random: TP 1, FN 1, FP 1, 1 of 4 right; 2 of 4 predicted "yes"
+    assert out["random"] == pytest.approx({"accuracy": 0.25, "precision": 0.5, "recall": 0.5,
                                            "f1": 0.5, "yes_ratio": 0.5, "n": 4.0})
     # adversarial: FN 1, TN 1; no "yes" predicted, so precision, recall and F1 are 0/0 -> 0
     assert out["adversarial"] == pytest.approx({"accuracy": 0.5, "precision": 0.0, "recall": 0.0,

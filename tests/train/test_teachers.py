@@ -13,9 +13,12 @@ server = chat_server.server  # the fixture: server(script) starts a ChatServer
 
 
 def test_oracle_keeps_right_answers_and_corrects_wrong_ones():
+    """Right and wrong by the generated data's rule (`data/answer_rule.py`, tested with the
+    scorers in tests/data/test_answer_rule.py)."""
     items = [TeacherItem("q", "Red.", reference="red"), TeacherItem("q", "blue", reference="red"),
-             TeacherItem("q", "x")]
-    assert OracleTeacher().correct(items) == ["Red.", "red", None]
+             TeacherItem("q", "x"), TeacherItem("q", "A circle.", reference="circle"),
+             TeacherItem("q", "Yes, there is", reference="yes"), TeacherItem("q", "maybe", reference="no")]
+    assert OracleTeacher().correct(items) == ["Red.", "red", None, "A circle.", "Yes, there is", "no"]
 
 
 def test_request_shape_and_key(server, monkeypatch):

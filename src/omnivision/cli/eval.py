@@ -159,7 +159,6 @@ def _run_tasks(args: argparse.Namespace) -> int:
     import torch
 
     from omnivision.eval import report, runner
-    from omnivision import process_group
 
     names = _task_names(args.tasks)
     tasks = runner.resolve_tasks(names)
@@ -167,15 +166,12 @@ def _run_tasks(args: argparse.Namespace) -> int:
     runner.check_data(tasks, settings.data_dir)
     if not args.endpoint and args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available")
-    # joining the process group comes after the checks, so bad input fails before any waiting
-    info = process_group.setup("cpu" if args.endpoint else args.device)
-    model = _model(args, info.device)
-    done = runner.predict(tasks, model, settings)
-    process_group.cleanup()  # every process has answered: the barrier phase 2 needs
-    if not info.is_main:
-        return 0
+    # the runner joins the process group after these checks, so bad input fails before any waiting
     options = {k: v for k, v in vars(args).items() if k != "handler"}
-    results = runner.finish(tasks, settings, done, model, options)
+    results = runner.evaluate(tasks, lambda device: _model(args, device), settings, options,
+                              device="cpu" if args.endpoint else args.device)
+    if results is None:  # not the main process: it answered its share, the main one reports
+        return 0
     print(report.markdown(results), end="")
     print(f"wrote {Path(settings.out_dir) / report.RESULTS_NAME}", file=sys.stderr)
     return 0

@@ -8,15 +8,21 @@ where it stopped) and `<out>/<task>/scored.jsonl` (the predictions of this run's
 `score` and `parsed`); `<out>/mmmu_test/submission.json` for the MMMU server; then `results.json`,
 `report.md` and `report.png` (see `report`), which keep the tasks of earlier runs into the folder.
 
-The run has two phases, so that it can be spread over processes started by torchrun:
+`evaluate` is the whole run, the one sequence both the `omnivision eval` command and the tests
+go through. It has two phases, so that it can be spread over processes started by torchrun:
 
+0. joining the process group torchrun describes (`process_group.setup`; a single process joins
+   nothing), then getting the model: a factory gets this process's device, so that a local model
+   is loaded where this process runs.
 1. `predict`, on every process: process r of w takes every w-th sample (r, r+w, ...) of each
    task and appends to its shard `predictions.rank{r}.jsonl` (one process appends to the main file).
    Listing the samples decodes no image (`tasks.images.LazyImages`): a process decodes only the
    images of the samples it answers, when the model looks at them.
-2. `finish`, on rank 0 only, after every process has finished phase 1 (a barrier, which the caller
-   passes, e.g. by leaving the process group): each task's shards are merged into its main file in
-   the task's sample order, and the samples are scored. One process and several give the same files.
+2. `finish`, on rank 0 only, after every process has finished phase 1: every process leaves the
+   process group it joined (`process_group.cleanup`, a barrier), so rank 0 starts when all have
+   answered and no process tears down while another still works. Each task's shards are merged
+   into its main file in the task's sample order, and the samples are scored. One process and
+   several give the same files.
 
 Scoring uses the task's scorer from `scoring.SCORERS` under the chosen convention (and MMMU
 fallback). MM-Vet is graded by an LLM judge, and only when judge settings are given; otherwise its
@@ -30,7 +36,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +44,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from omnivision import process_group
 from omnivision.json_files import write_json_lines
 from omnivision.eval import predictions, report, run_record
 from omnivision.eval.judging import JudgeSettings, judge_records
@@ -261,14 +268,32 @@ def finish(tasks: Sequence[Task], settings: RunSettings, done: Predicted, model:
     return results
 
 
-def evaluate(tasks: Sequence[Task], model: EvalModel, settings: RunSettings,
-             options: Mapping | None = None) -> dict | None:
-    """Both phases with a barrier between them; the results on rank 0, None elsewhere."""
-    from omnivision.process_group import barrier
+ModelFactory = Callable[[torch.device], EvalModel]
+"""This process's device -> the model that answers (e.g. a local model moved onto it)."""
 
-    done = predict(tasks, model, settings)
-    barrier()
-    return finish(tasks, settings, done, model, options) if place()[0] == 0 else None
+
+def evaluate(tasks: Sequence[Task], model: EvalModel | ModelFactory, settings: RunSettings,
+             options: Mapping | None = None, device: str = "auto") -> dict | None:
+    """The whole run on this process (see the module docstring): join the process group torchrun
+    describes on `device` (auto | cpu | cuda), get the model (`model` itself, or, when it has no
+    `predict`, what the factory makes for this process's device), answer this process's share,
+    wait for every process, then merge, score and report on the main process. Returns the results
+    there, None on the other processes.
+
+    A process group that was joined before the call is kept (only waited on); one joined here is
+    left again before phase 2, so that a rank that has nothing more to do exits cleanly."""
+    joined_before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info = process_group.setup(device)
+    answering = model if hasattr(model, "predict") else model(info.device)
+    done = predict(tasks, answering, settings)
+    # every process has answered: the barrier phase 2 needs
+    if joined_before:
+        process_group.barrier()
+    else:
+        process_group.cleanup()
+    if not info.is_main:
+        return None
+    return finish(tasks, settings, done, answering, options)
 
 
 def run_metadata(tasks: Sequence[Task], settings: RunSettings, model: EvalModel, world: int,

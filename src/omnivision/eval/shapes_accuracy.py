@@ -1,11 +1,14 @@
 """Scoring the nano model on generated shapes data: answer accuracy by question type, POPE-style
 yes/no metrics per negative-sampling strategy, and how often captions name absent objects.
 
-The rules live in the benchmark scorers and are reused here: answers are compared as
-`scoring.shapes_qa` does (lower case, surrounding punctuation and a leading article removed), and
-the yes/no tables are `scoring.pope`'s. One difference is kept on purpose: here a yes/no answer
-counts by its first word ("Yes, there is" is a yes) and anything else counts as "no", whereas the
-`shapes_pope` task's scorer reads only an exact "yes"/"no" (lmms-eval's rule). The absent-object
+Right and wrong follow the generated data's rule (`omnivision.data.answer_rule`), the one the
+`shapes_qa` scorer (reused here for the accuracy tables) and the stage-3 oracle teacher use: texts
+compared after normalisation (lower case, surrounding punctuation and a leading article removed),
+and a yes/no answer read by its first word ("Yes, there is" is a yes; "maybe" reads as nothing and
+is wrong). The yes/no tables are `scoring.pope`'s, filled with those readings and verdicts; an
+answer that reads as neither is wrong, is not a predicted "yes", and counts as a negative
+prediction in recall (as VLMEvalKit counts it). The `shapes_pope` task's scorer instead follows
+lmms-eval's rule (an exact "yes"/"no"; `answer_rule` says how the two relate). The absent-object
 rate is the share of objects a caption names (`<colour> <shape>` mentions) that are not in the
 scene, and the share of captions naming at least one (object- and caption-level, CHAIR-style).
 """
@@ -15,20 +18,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from omnivision.data.answer_rule import is_correct, normalise, yes_no
 from omnivision.data.records import QAItem
-from omnivision.eval.scoring import pope, shapes_qa
-from omnivision.eval.scoring.shapes_qa import normalise
+from omnivision.eval.scoring import VLMEVALKIT, pope, shapes_qa
 
 Answerer = Callable[[list[str], list[str]], list[str]]
 """(image paths, questions) -> answers."""
 
 __all__ = ["Answerer", "absent_object_rate", "mentioned_objects", "normalise", "pope_metrics",
            "qa_accuracy", "yes_no"]
-
-
-def yes_no(text: str) -> str | None:
-    words = re.findall(r"[a-z]+", text.lower())
-    return words[0] if words and words[0] in ("yes", "no") else None
 
 
 def _answers(answer: Answerer, items: Sequence[QAItem], batch: int) -> list[str]:
@@ -53,15 +51,18 @@ def qa_accuracy(answer: Answerer, items: Sequence[QAItem], batch: int = 32) -> d
 
 def pope_metrics(answer: Answerer, items: Sequence[QAItem], batch: int = 32) -> dict[str, dict[str, float]]:
     """Accuracy, precision, recall, F1 and yes-ratio (the share of predicted "yes") per strategy;
-    an answer whose first word is not "yes" counts as "no"."""
+    an answer is read by its first word, and one that reads as neither "yes" nor "no" is wrong and
+    counts as a negative prediction."""
     records = []
     for item, given in zip(items, _answers(answer, items, batch)):
-        read = "yes" if yes_no(given) == "yes" else "no"
         record = {"answer": item.answer, "prediction": given,
                   "category": item.extra.get("strategy", "all")}
-        records.append({**record, "parsed": read, "score": float(read == pope.truth(record))})
-    # every reading is "yes" or "no", so lmms-eval's and VLMEvalKit's tables agree here
-    table = pope.aggregate(records)
+        truth = pope.truth(record)
+        records.append({**record, "parsed": yes_no(given),
+                        "score": float(is_correct(given, truth, item.qtype))})
+    # VLMEvalKit's table counts an unread answer to a "yes" question as a false negative; each
+    # record has one strategy, so its overall figures are lmms-eval's too (only strategies are kept)
+    table = pope.aggregate(records, VLMEVALKIT)
     strategies = sorted({r["category"] for r in records})
     return {s: {"accuracy": table[s]["accuracy"], "precision": table[s]["precision"],
                 "recall": table[s]["recall"], "f1": table[s]["f1_score"],

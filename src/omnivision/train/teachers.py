@@ -5,7 +5,8 @@ correction that makes the answer right (or the answer unchanged when it is alrea
   `omnivision.chat_client.ChatClient`: timeout, bounded retries with backoff, key from an environment
   variable), with the minimal-edit instruction below and a thread pool for concurrency.
 - `OracleTeacher`: knows the ground-truth answer (procedural data) and returns it when the model's
-  answer differs, which is the minimal edit for short answers.
+  answer is wrong by the generated data's rule (`omnivision.data.answer_rule`, the rule the shapes
+  scorers use), which is the minimal edit for short answers; a right answer comes back unchanged.
 
 A teacher returns `None` for an item it could not correct (after its retries); such items are
 dropped and counted by the caller.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from omnivision.chat_client import ChatClient, EndpointError, user_message
+from omnivision.data.answer_rule import is_correct
 
 MINIMAL_EDIT_INSTRUCTION = (
     "You correct answers about images with the smallest possible edit.\n"
@@ -44,19 +46,16 @@ class Teacher(Protocol):
     def correct(self, items: Sequence[TeacherItem]) -> list[str | None]: ...
 
 
-def normalise_answer(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".").split())
-
-
 class OracleTeacher:
-    """The ground truth is the minimal correction of a short answer."""
+    """The ground truth is the minimal correction of a short answer; an answer that
+    `answer_rule.is_correct` accepts ("A circle." for "circle", "Yes, there is" for "yes") is kept."""
 
     def correct(self, items: Sequence[TeacherItem]) -> list[str | None]:
         out: list[str | None] = []
         for item in items:
             if item.reference is None:
                 out.append(None)
-            elif normalise_answer(item.answer) == normalise_answer(item.reference):
+            elif is_correct(item.answer, item.reference):
                 out.append(item.answer)
             else:
                 out.append(item.reference)

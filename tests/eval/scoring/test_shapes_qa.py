@@ -1,5 +1,5 @@
-"""Scoring the generated shapes questions: normalisation, exact match, per-type accuracy, and the
-registry entries of both shapes tasks. Expected values are worked out by hand from the rules in
+"""Scoring the generated shapes questions: normalisation, exact match (a yes/no truth: the first
+word), per-type accuracy, and the registry entries of both shapes tasks. Expected values are worked out by hand from the rules in
 the scorer's docstring."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def rec(answer: str, prediction: str, qtype: str = "color") -> dict:
     ("A circle", "circle"), ("an\tarrow", "arrow"),  # any whitespace after the article
     ("Theater", "theater"), ("an", "an"),  # an article needs whitespace after it
     ("the the square", "the square"),  # only one article is dropped
+    ("top  \n left", "top left"),  # runs of whitespace are one space
     ("top left", "top left"), ("3", "3"),
     ("?!red,;:", "red"), ("red.?", "red"),  # any mix of the marks at the ends
     ("(red)", "(red)"), ("'red'", "'red'"),  # brackets and quotes are not among them
@@ -33,12 +34,23 @@ def test_normalise(text, expected):
     ("red", "Red.", True), ("circle", "A circle", True), ("top left", "The top left!", True),
     ("3", "3 objects", False), ("red", "dark red", False), ("circle", "circles", False),
     ("top left", "left top", False), ("3", "three", False),
+    ("A", "a.", True), ("A", "Bar A", False),  # a bar letter is not an article
 ])
 @pytest.mark.parametrize("convention", ["lmms-eval", "vlmevalkit"])
 def test_score_is_exact_match_after_normalising(answer, prediction, right, convention):
     s = shapes_qa.score(rec(answer, prediction), convention)
     assert s.score == (1.0 if right else 0.0)
     assert s.parsed == shapes_qa.normalise(prediction)
+
+
+@pytest.mark.parametrize("answer, prediction, right, parsed", [
+    ("yes", "Yes, there is", True, "yes"), ("no", "No.", True, "no"),
+    ("no", "Yes, there is", False, "yes"), ("no", "maybe", False, None),
+])
+def test_a_yes_no_truth_is_answered_by_the_first_word(answer, prediction, right, parsed):
+    """The generated data's rule (data/answer_rule.py), which the oracle teacher uses too."""
+    s = shapes_qa.score(rec(answer, prediction, qtype="pope"))
+    assert (s.score, s.parsed) == (float(right), parsed)
 
 
 def test_bad_records_name_the_field():
@@ -48,6 +60,8 @@ def test_bad_records_name_the_field():
         shapes_qa.score(rec("red", "red") | {"answer": 3})
     with pytest.raises(FieldError, match="'qtype'"):
         shapes_qa.score(rec("red", "red", qtype="n"))  # would shadow the total count
+    with pytest.raises(FieldError, match="'answer' must be 'yes' or 'no' for a pope question"):
+        shapes_qa.score(rec("red", "red", qtype="pope"))
     with pytest.raises(ValueError, match="unknown scoring convention"):
         shapes_qa.score(rec("red", "red"), "vqa")
 

@@ -1,11 +1,13 @@
-"""Generated shapes questions (task `shapes_qa`): exact match after normalisation, accuracy
-overall and per question type.
+"""Generated shapes questions (task `shapes_qa`): right or wrong by the generated data's rule,
+accuracy overall and per question type.
 
 Fields: `answer` (the canonical short answer), `prediction`, `qtype` (color, shape, count,
-position, chart). Both sides are normalised the same way: surrounding whitespace and the marks
-` .!?,;:` at either end removed, lower case, and one leading article ("a", "an", "the" followed by
-whitespace) dropped; the score is 1 when the two are then equal. `parsed` is the normalised
-prediction. The data is our own, so both conventions apply this one rule.
+position, chart). The rule is `omnivision.data.answer_rule`, the one the oracle teacher of stage 3
+and the nano model's shapes report use too: both sides normalised (lower case, surrounding
+whitespace and the marks ` .!?,;:` at either end removed, single spaces, one leading article
+dropped) and equal; a yes/no truth is answered by the prediction's first word. `parsed` is what was
+compared: the normalised prediction, or its "yes"/"no" reading (None when it reads as neither).
+The data is our own, so both conventions apply this one rule.
 
 `aggregate` gives `accuracy` and `n` over all records at the top level, then one nested table
 (`accuracy`, `n`) per question type, by its name.
@@ -13,19 +15,16 @@ prediction. The data is our own, so both conventions apply this one rule.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
+from omnivision.data import answer_rule
+from omnivision.data.answer_rule import normalise
 from omnivision.eval.scoring.protocol import (LMMS_EVAL, Scored, check_convention, text_field,
                                               wrong_field)
 
-_ARTICLE = re.compile(r"^(a|an|the)\s+")
 _TOTALS = ("accuracy", "n")  # top-level keys a question type must not shadow
 
-
-def normalise(text: str) -> str:
-    text = text.strip().lower().strip(" .!?,;:")
-    return _ARTICLE.sub("", text)
+__all__ = ["aggregate", "normalise", "qtype", "score"]
 
 
 def qtype(record: dict) -> str:
@@ -37,10 +36,13 @@ def qtype(record: dict) -> str:
 
 def score(record: dict, convention: str = LMMS_EVAL) -> Scored:
     check_convention(convention)
-    qtype(record)  # checked here so that a bad record stops before aggregation
-    gold = normalise(text_field(record, "answer"))
-    parsed = normalise(text_field(record, "prediction"))
-    return Scored(float(parsed == gold), parsed)
+    kind = qtype(record)  # checked here so that a bad record stops before aggregation
+    gold, prediction = text_field(record, "answer"), text_field(record, "prediction")
+    try:
+        parsed = answer_rule.reading(prediction, gold, kind)
+    except ValueError:
+        raise wrong_field(record, "answer", "'yes' or 'no' for a pope question") from None
+    return Scored(float(answer_rule.is_correct(prediction, gold, kind)), parsed)
 
 
 def _table(rows: list[dict]) -> dict:
