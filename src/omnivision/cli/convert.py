@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         dtype = args.dtype or "float32"
         if dtype not in DTYPES:
-            raise ValueError(f"--dtype for native must be one of float32, bfloat16, float16")
+            raise ValueError("--dtype for native must be one of float32, bfloat16, float16")
         out = save_native(model.to(DTYPES[dtype]), tokenizer, args.out)
         print(f"wrote {out}")
     return 0

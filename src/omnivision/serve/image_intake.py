@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from PIL import Image

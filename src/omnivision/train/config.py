@@ -6,7 +6,9 @@ The YAML file is read first, then every `a.b=value` override is applied on top; 
 then built recursively from the merged mapping. Unknown keys, missing required keys and values of the
 wrong type are errors naming the dotted key. Override values are parsed with `yaml.safe_load`, except
 that a field typed `str` keeps the raw text (`name=0.10` stays "0.10") and a `float` field accepts
-YAML 1.1's dotless exponents (`lr=1e-3`, which `safe_load` reads as a string).
+YAML 1.1's dotless exponents (`lr=1e-3`, which `safe_load` reads as a string). `_coerce` dispatches
+each value on the kind of its field's annotation (union, literal, scalar, list/tuple, dict, nested
+dataclass) to one small `_coerce_*`/`_to_*` function.
 
 Knows nothing of models, data or the training loop. Follows `Lightning-AI/litgpt: litgpt/args.py`
 (attribute docstrings plus `__post_init__` checks that name the field).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,70 +178,120 @@ def _build(cls: type[C], data: Any, prefix: str) -> C:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """`value` checked (and converted where lossless) against the annotation `tp`."""
+    """`value` checked (and converted where lossless) against the annotation `tp`: dispatches on the
+    kind of annotation to one `_coerce_*` function each."""
     if isinstance(value, _Raw):
-        parsed = yaml.safe_load(value.text) if value.text.strip() else None
-        try:
-            return _coerce(parsed, tp, key)
-        except ValueError:
-            if _accepts_str(tp):
-                return value.text
-            raise
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
+        return _coerce_raw(value, tp, key)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ValueError:
-                pass
-        _mismatch(value, tp, key)
+        return _coerce_union(value, tp, key)
     if origin is typing.Literal:
-        if value in args:
-            return value
-        raise ValueError(f"config key {key!r}: {value!r} is not one of {list(args)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin in (tuple, list) or tp in (tuple, list):
-        if isinstance(value, (list, tuple)):
-            if origin is tuple and args and args[-1] is not Ellipsis:
-                if len(args) != len(value):
-                    raise ValueError(f"config key {key!r}: expected {len(args)} items, got {value!r}")
-                items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-            else:
-                item_tp = args[0] if args else Any
-                items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-            return tuple(items) if (origin or tp) is tuple else items
-    elif origin is dict or tp is dict:
-        if isinstance(value, dict):
-            k_tp, v_tp = args if args else (Any, Any)
-            return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
-    elif isinstance(tp, type):
+        return _coerce_literal(value, tp, key)
+    if tp is bool or tp is int or tp is float or tp is str:
+        return _SCALARS[tp](value, key)
+    if origin in (tuple, list) or tp in (tuple, list):
+        return _coerce_sequence(value, tp, key)
+    if origin is dict or tp is dict:
+        return _coerce_dict(value, tp, key)
+    if isinstance(tp, type):
         if isinstance(value, tp):
             return value
-    else:
-        return value  # an annotation this loader does not interpret
+        _mismatch(value, tp, key)
+    return value  # an annotation this loader does not interpret
+
+
+def _coerce_raw(value: _Raw, tp: Any, key: str) -> Any:
+    """An override's text parsed as YAML; where that does not fit `tp` but `tp` takes a string, the
+    text as typed (`name=0.10` stays "0.10")."""
+    parsed = yaml.safe_load(value.text) if value.text.strip() else None
+    try:
+        return _coerce(parsed, tp, key)
+    except ValueError:
+        if _accepts_str(tp):
+            return value.text
+        raise
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """None for an optional field, else the value as the first member type that takes it."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, arg, key)
+        except ValueError:
+            pass
     _mismatch(value, tp, key)
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value in args:
+        return value
+    raise ValueError(f"config key {key!r}: {value!r} is not one of {list(args)}")
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    _mismatch(value, bool, key)
+
+
+def _to_int(value: Any, key: str) -> int:
+    """An int, not a bool (YAML's `true` would otherwise pass as 1)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    _mismatch(value, int, key)
+
+
+def _to_float(value: Any, key: str) -> float:
+    """An int or float, or a string float() reads (YAML 1.1 leaves the dotless `1e-3` a string)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    _mismatch(value, float, key)
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    _mismatch(value, str, key)
+
+
+_SCALARS: dict[type, Callable[[Any, str], Any]] = {bool: _to_bool, int: _to_int, float: _to_float,
+                                                   str: _to_str}
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> list[Any] | tuple[Any, ...]:
+    """A list or tuple item by item (keys `key[i]`); `tuple[A, B]` also fixes the length."""
+    if not isinstance(value, (list, tuple)):
+        _mismatch(value, tp, key)
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ValueError(f"config key {key!r}: expected {len(args)} items, got {value!r}")
+        items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+    else:
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_dict(value: Any, tp: Any, key: str) -> dict[Any, Any]:
+    """A mapping, keys and values each checked (values under `key.k`)."""
+    if not isinstance(value, dict):
+        _mismatch(value, tp, key)
+    k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+    return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
 
 
 def _accepts_str(tp: Any) -> bool:

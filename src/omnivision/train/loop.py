@@ -5,6 +5,11 @@ function and a `TrainConfig`; the loop owns everything else: freezing, AdamW wit
 only, warmup + cosine, gradient accumulation, global-norm clipping, bf16 autocast, gradient
 checkpointing, DDP/FSDP, the progress bar, metrics, checkpoints and exact resumption.
 
+Steps. `train` reads as the sequence of its steps: `_set_up` (process group, freezing, wrapping,
+AdamW, schedule, autocast, gathered in a `_Run`), `_resume_or_refuse` (the start step), then per
+optimizer step `_train_step` (reseed, grad_accum `_micro_step`s, clip, step), `_StepLog.record`
+(throughput, metrics line, progress bar) and, when due, `_save` (checkpoint plus `on_checkpoint`).
+
 Data order. Samples are read as one endless stream: position p is `perm_e[p % N]` with
 `e = p // N` and `perm_e = randperm(N, generator=manual_seed(cfg.seed + e))` (batches may straddle
 epochs; nothing is dropped). With B = batch_size, A = grad_accum and W processes, micro-step m of
@@ -22,7 +27,7 @@ one (tests/train/test_resume.py); on GPU only as far as its kernels are determin
 
 Knows nothing of the model's architecture (it calls `model.set_gradient_checkpointing(True)` if the
 model has it), of tokens or of losses. Shape follows `karpathy/nanochat: scripts/chat_sft.py` and
-`pytorch/torchtune: recipes/full_finetune_distributed.py`, as plain functions (STYLE.md 5.9).
+`pytorch/torchtune: recipes/full_finetune_distributed.py`, as plain functions.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
-from omnivision.process_group import all_reduce_means, barrier, broadcast_object, setup
+from omnivision.process_group import DistInfo, all_reduce_means, barrier, broadcast_object, setup
 from omnivision.train.checkpoint import (clean_incomplete, complete_checkpoints, latest_checkpoint,
                                          load_checkpoint, save_checkpoint)
 from omnivision.train.config import TrainConfig, config_to_dict
@@ -126,12 +131,85 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
     """
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
-    info = setup(cfg.device)
-    out = Path(cfg.out_dir)
-    ckpt_root, metrics_path = out / CHECKPOINTS, out / METRICS
+    run = _set_up(model, cfg, trainable)
+    start, final_dir = _resume_or_refuse(run, resume)
+    batch_at = _micro_batches(dataset, collate, cfg, run.info)
+    steplog = _StepLog(run, start)
+    run.wrapped.train()
+    try:
+        with attention_backend(run.info.device):
+            for step in range(start, cfg.steps):
+                done = step + 1
+                stats = _train_step(run, task, batch_at, step)
+                steplog.record(done, stats, write=_due(cfg.log_every, done, cfg.steps))
+                if _due(cfg.save_every, done, cfg.steps):
+                    final_dir = _save(run, done, on_checkpoint)
+    finally:
+        steplog.close()
+    _plot_curves(run)
+    assert final_dir is not None  # the last step always saves; a finished run resumes from it
+    return TrainResult(cfg.steps, float(broadcast_object(steplog.final_loss)), run.metrics_path, final_dir)
 
-    # -- model, optimizer, schedule ------------------------------------------------------------
+
+# -- set-up ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Everything `_set_up` prepares for the steps of one run on this process."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    how: str
+    """The wrapping actually used: none | ddp | fsdp."""
+    model: nn.Module
+    """The user's module (under FSDP sharded in place)."""
+    wrapped: nn.Module
+    """What the task calls: `model`, or its DDP wrapper."""
+    params: list[nn.Parameter]
+    """The trainable parameters (under FSDP their shards), in optimizer order."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast: torch.autocast
+    identity: dict[str, Any]
+    """`_run_identity`: saved in each checkpoint's extra, checked on resume."""
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / CHECKPOINTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / METRICS
+
+
+def _set_up(model: nn.Module, cfg: TrainConfig,
+            trainable: Callable[[nn.Module], list[tuple[str, nn.Parameter]]] | None) -> _Run:
+    """Join the process group, move and freeze `model`, wrap it for DDP/FSDP, build AdamW, the
+    schedule and autocast."""
+    info = setup(cfg.device)
     model.to(info.device)
+    decay = _freeze(model, trainable)
+    if cfg.grad_checkpointing:
+        _enable_grad_checkpointing(model)
+    how = mode(cfg, info)
+    wrapped = wrap(model, cfg, info)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP: sharded now
+    optimizer = _adamw(named, decay, cfg, info.device)
+    scheduler = make_scheduler(optimizer, cfg)
+    amp = autocast_dtype(cfg, info.device)
+    autocast = torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None)
+    return _Run(cfg, info, how, model, wrapped, [p for _, p in named], optimizer, scheduler, autocast,
+                _run_identity(cfg, info.world_size, amp))
+
+
+def _freeze(model: nn.Module, trainable: Callable[[nn.Module], list[tuple[str, nn.Parameter]]] | None
+            ) -> set[str]:
+    """Let only the chosen parameters learn; the names of those that get weight decay (matrices)."""
     chosen = trainable(model) if trainable is not None else \
         [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not chosen:
@@ -139,122 +217,198 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
     keep = {id(p) for _, p in chosen}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
-    decay = {n for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2}
-    if cfg.grad_checkpointing:
-        switch = getattr(model, "set_gradient_checkpointing", None)
-        if callable(switch):
-            switch(True)
-        else:
-            log.warning("grad_checkpointing: %s has no set_gradient_checkpointing(); ignored",
-                        type(model).__name__)
-    how = mode(cfg, info)
-    wrapped = wrap(model, cfg, info)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP: sharded now
+    return {n for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2}
+
+
+def _enable_grad_checkpointing(model: nn.Module) -> None:
+    switch = getattr(model, "set_gradient_checkpointing", None)
+    if callable(switch):
+        switch(True)
+    else:
+        log.warning("grad_checkpointing: %s has no set_gradient_checkpointing(); ignored",
+                    type(model).__name__)
+
+
+def _adamw(named: list[tuple[str, nn.Parameter]], decay: set[str], cfg: TrainConfig,
+           device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the parameters named in `decay` only."""
     groups = [{"params": [p for n, p in named if n in decay], "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
-                                  eps=1e-8, foreach=None if info.device.type == "cuda" else False)
-    scheduler = make_scheduler(optimizer, cfg)
-    amp = autocast_dtype(cfg, info.device)
-    autocast = torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None)
-    params = [p for _, p in named]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
+                             eps=1e-8, foreach=None if device.type == "cuda" else False)
 
-    # -- resume ------------------------------------------------------------------------------
-    extra = _run_identity(cfg, info.world_size, amp)
+
+# -- resume or refuse --------------------------------------------------------------------------
+
+
+def _resume_or_refuse(run: _Run, resume: bool) -> tuple[int, Path | None]:
+    """The step to start from and the checkpoint it was loaded from (0 and None for a fresh run).
+
+    Incomplete checkpoints are removed first. Without `resume`, complete ones are refused.
+    """
+    info, root = run.info, run.ckpt_root
     if info.is_main:
-        for p in clean_incomplete(ckpt_root):
+        for p in clean_incomplete(root):
             log.info("removed the incomplete checkpoint %s", p)
-    start = 0
-    final_dir: Path | None = None
-    if resume:
-        latest = broadcast_object(latest_checkpoint(ckpt_root) if info.is_main else None)
-        if latest is not None:
-            loaded = load_checkpoint(latest, wrapped, optimizer, scheduler)
-            _check_same_run(loaded.extra, extra, latest)
-            start, final_dir = loaded.step, latest
-            if info.is_main:
-                log.info("resuming from %s (step %d of %d)", latest, start, cfg.steps)
-        elif info.is_main:
-            log.info("no checkpoint in %s: starting from step 0", ckpt_root)
-    elif broadcast_object(bool(complete_checkpoints(ckpt_root)) if info.is_main else None):
-        raise FileExistsError(f"{ckpt_root} already holds checkpoints: resume, or use another out_dir")
-    metrics = MetricsLog(metrics_path, start) if info.is_main else None
-
-    # -- steps -------------------------------------------------------------------------------
-    order = DataOrder(len(dataset), cfg.seed)
-    samples_per_step = cfg.batch_size * cfg.grad_accum * info.world_size
-    final_loss = float(metrics.last["loss"]) if metrics and metrics.last else math.nan
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and info.is_main))
-    busy, busy_steps = 0.0, 0
-    wrapped.train()
-    try:
-        with attention_backend(info.device):
-            for step in range(start, cfg.steps):
-                t0 = time.perf_counter()
-                seed_step(cfg.seed, info.rank, step)
-                lr = optimizer.param_groups[0]["lr"]
-                loss_sum = torch.zeros((), device=info.device)
-                extras: dict[str, float] = {}
-                for micro in range(cfg.grad_accum):
-                    ids = order.indices(step, micro, info.rank, cfg.batch_size, cfg.grad_accum, info.world_size)
-                    batch = to_device(collate([dataset[i] for i in ids]), info.device)
-                    last = micro == cfg.grad_accum - 1
-                    if how == "fsdp":
-                        wrapped.set_requires_gradient_sync(last)
-                    with wrapped.no_sync() if how == "ddp" and not last else nullcontext():
-                        with autocast:
-                            loss, task_metrics = task.loss(wrapped, batch)
-                        if loss.ndim != 0:
-                            raise ValueError(f"Task.loss must return a scalar, got shape {tuple(loss.shape)}")
-                        (loss / cfg.grad_accum).backward()
-                    loss_sum += loss.detach().float()
-                    for k, v in task_metrics.items():
-                        extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                done = step + 1
-                busy += time.perf_counter() - t0
-                busy_steps += 1
-
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    keys = sorted(extras)
-                    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-                    values = all_reduce_means([loss_sum.item() / cfg.grad_accum, float(norm),
-                                               *(extras[k] for k in keys)], info.device)
-                    final_loss = values[0]
-                    if not math.isfinite(final_loss):
-                        raise FloatingPointError(f"the loss is {final_loss} at step {done}")
-                    record = {"step": done, "loss": final_loss, "lr": lr, "grad_norm": values[1],
-                              "samples_per_s": busy_steps * samples_per_step / max(busy, 1e-9),
-                              **dict(zip(keys, values[2:]))}
-                    busy, busy_steps = 0.0, 0
-                    if metrics is not None:
-                        metrics.log(record)
-                        bar.set_postfix({"loss": f"{final_loss:.4f}", "lr": f"{lr:.2e}",
-                                         "samples/s": f"{record['samples_per_s']:.1f}"}, refresh=False)
-                bar.update(1)
-
-                if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
-                    final_dir = save_checkpoint(ckpt_root, done, wrapped, optimizer, scheduler, extra,
-                                                keep_last=cfg.keep_last)
-                    if on_checkpoint is not None:
-                        state = full_state_dict(model) if how == "fsdp" or info.is_main else None
-                        if info.is_main:
-                            on_checkpoint(model, final_dir, state)
-                    barrier()
-    finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-
+    if not resume:
+        if broadcast_object(bool(complete_checkpoints(root)) if info.is_main else None):
+            raise FileExistsError(f"{root} already holds checkpoints: resume, or use another out_dir")
+        return 0, None
+    latest = broadcast_object(latest_checkpoint(root) if info.is_main else None)
+    if latest is None:
+        if info.is_main:
+            log.info("no checkpoint in %s: starting from step 0", root)
+        return 0, None
+    loaded = load_checkpoint(latest, run.wrapped, run.optimizer, run.scheduler)
+    _check_same_run(loaded.extra, run.identity, latest)
     if info.is_main:
-        plot_curves(metrics_path, out / CURVES)
+        log.info("resuming from %s (step %d of %d)", latest, loaded.step, run.cfg.steps)
+    return loaded.step, latest
+
+
+# -- one optimizer step ------------------------------------------------------------------------
+
+
+@dataclass
+class _StepStats:
+    """What one optimizer step measured on this process."""
+
+    lr: float
+    """The learning rate the step used."""
+    loss_sum: torch.Tensor
+    """[] float32: the micro-batch losses summed (divide by grad_accum for the mean)."""
+    grad_norm: torch.Tensor
+    """[] the global gradient norm before clipping (under FSDP a replicated DTensor)."""
+    extras: dict[str, float]
+    """The task's extra metrics, averaged over micro-batches."""
+    seconds: float
+
+
+def _micro_batches(dataset: Sequence[Any], collate: Callable[[list[Any]], Any], cfg: TrainConfig,
+                   info: DistInfo) -> Callable[[int, int], Any]:
+    """`batch_at(step, micro)`: this process's micro-batch (see Data order), collated, on its device."""
+    order = DataOrder(len(dataset), cfg.seed)
+
+    def batch_at(step: int, micro: int) -> Any:
+        ids = order.indices(step, micro, info.rank, cfg.batch_size, cfg.grad_accum, info.world_size)
+        return to_device(collate([dataset[i] for i in ids]), info.device)
+
+    return batch_at
+
+
+def _train_step(run: _Run, task: Task, batch_at: Callable[[int, int], Any], step: int) -> _StepStats:
+    """Reseed, accumulate the gradients of grad_accum micro-batches, clip, step AdamW and the schedule."""
+    t0 = time.perf_counter()
+    cfg = run.cfg
+    seed_step(cfg.seed, run.info.rank, step)
+    lr = run.optimizer.param_groups[0]["lr"]
+    loss_sum = torch.zeros((), device=run.info.device)  # []
+    extras: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        loss, task_metrics = _micro_step(run, task, batch_at(step, micro), last=micro == cfg.grad_accum - 1)
+        loss_sum += loss
+        for k, v in task_metrics.items():
+            extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
+    norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf)  # []
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return _StepStats(lr, loss_sum, norm, extras, time.perf_counter() - t0)
+
+
+def _micro_step(run: _Run, task: Task, batch: Any, *, last: bool
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward and backward of one micro-batch (gradients are synchronised across processes on the
+    `last` only); its loss ([] float32, detached) and the task's extra metrics."""
+    if run.how == "fsdp":
+        run.wrapped.set_requires_gradient_sync(last)
+    with run.wrapped.no_sync() if run.how == "ddp" and not last else nullcontext():
+        with run.autocast:
+            loss, task_metrics = task.loss(run.wrapped, batch)  # [] mean over the micro-batch
+        if loss.ndim != 0:
+            raise ValueError(f"Task.loss must return a scalar, got shape {tuple(loss.shape)}")
+        (loss / run.cfg.grad_accum).backward()
+    return loss.detach().float(), task_metrics
+
+
+def _due(every: int, done: int, steps: int) -> bool:
+    """Whether step `done` (1-based) logs or saves: every `every` steps (0: never) and on the last."""
+    return bool(every and done % every == 0) or done == steps
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+class _StepLog:
+    """The metrics lines (written by rank 0), the progress bar and the samples per second."""
+
+    def __init__(self, run: _Run, start: int) -> None:
+        cfg, info = run.cfg, run.info
+        self.device, self.grad_accum = info.device, cfg.grad_accum
+        self.samples_per_step = cfg.batch_size * cfg.grad_accum * info.world_size
+        self.metrics = MetricsLog(run.metrics_path, start) if info.is_main else None
+        last = self.metrics.last if self.metrics is not None else None
+        self.final_loss = float(last["loss"]) if last else math.nan  # the loss last logged, all processes
+        self.bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not (cfg.progress and info.is_main))
+        self.busy, self.busy_steps = 0.0, 0
+
+    def record(self, done: int, stats: _StepStats, *, write: bool) -> None:
+        """Count step `done` (1-based); when `write`, average its metrics over processes (every
+        process must call) and write them. Raises FloatingPointError on a non-finite loss."""
+        self.busy += stats.seconds
+        self.busy_steps += 1
+        if write:
+            self._write(done, stats)
+        self.bar.update(1)
+
+    def _write(self, done: int, stats: _StepStats) -> None:
+        keys = sorted(stats.extras)
+        norm = stats.grad_norm.full_tensor() if hasattr(stats.grad_norm, "full_tensor") else stats.grad_norm
+        values = all_reduce_means([stats.loss_sum.item() / self.grad_accum, float(norm),
+                                   *(stats.extras[k] for k in keys)], self.device)
+        self.final_loss = values[0]
+        if not math.isfinite(self.final_loss):
+            raise FloatingPointError(f"the loss is {self.final_loss} at step {done}")
+        record = {"step": done, "loss": self.final_loss, "lr": stats.lr, "grad_norm": values[1],
+                  "samples_per_s": self.busy_steps * self.samples_per_step / max(self.busy, 1e-9),
+                  **dict(zip(keys, values[2:]))}
+        self.busy, self.busy_steps = 0.0, 0
+        if self.metrics is not None:
+            self.metrics.log(record)
+            self.bar.set_postfix({"loss": f"{self.final_loss:.4f}", "lr": f"{stats.lr:.2e}",
+                                  "samples/s": f"{record['samples_per_s']:.1f}"}, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _plot_curves(run: _Run) -> None:
+    """curves.png from metrics.jsonl (rank 0), then wait for every process."""
+    if run.info.is_main:
+        plot_curves(run.metrics_path, run.out / CURVES)
     barrier()
-    assert final_dir is not None  # the last step always saves; a finished run resumes from it
-    return TrainResult(cfg.steps, float(broadcast_object(final_loss)), metrics_path, final_dir)
+
+
+# -- saving ------------------------------------------------------------------------------------
+
+
+def _save(run: _Run, done: int, on_checkpoint: Callable[[nn.Module, Path, dict[str, torch.Tensor]], None] | None
+          ) -> Path:
+    """Checkpoint step `done` (every process calls), run `on_checkpoint` on rank 0, wait for all."""
+    path = save_checkpoint(run.ckpt_root, done, run.wrapped, run.optimizer, run.scheduler, run.identity,
+                           keep_last=run.cfg.keep_last)
+    if on_checkpoint is not None:
+        state = full_state_dict(run.model) if run.how == "fsdp" or run.info.is_main else None
+        if run.info.is_main:
+            on_checkpoint(run.model, path, state)
+    barrier()
+    return path
+
+
+# -- helpers -----------------------------------------------------------------------------------
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
