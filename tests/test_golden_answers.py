@@ -15,7 +15,7 @@ from tests.golden_answers import RECORDED, capture
 
 pytest.importorskip("fastapi")
 pytest.importorskip("llguidance")
-pytestmark = pytest.mark.skipif(not is_native(BUNDLED), reason="no bundled nano model")
+pytestmark = [pytest.mark.long, pytest.mark.skipif(not is_native(BUNDLED), reason="no bundled nano model")]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ PHASES = ("preprocess_ms", "vision_ms", "projector_ms", "prefill_ms", "ttft_ms",
           "ttft_repeat_ms", "decode_tok_s", "e2e_ms", "answer_peak_rss_mb", "peak_rss_mb")
 
 
+@pytest.mark.long
 def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     pytest.importorskip("transformers")
     monkeypatch.setitem(bench_run.PEER_PACKAGES, "llama.cpp", "no_such_package_here")

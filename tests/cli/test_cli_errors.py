@@ -232,6 +232,7 @@ def test_hub_repo_id_offline_names_the_files_and_where_to_put_them(capsys, monke
 
 # --- real processes ---------------------------------------------------------------------------
 
+@pytest.mark.long
 def test_real_processes_print_one_error_line_quickly(files):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     cases = [

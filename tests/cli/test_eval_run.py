@@ -60,6 +60,7 @@ def test_limit_run_writes_predictions_scores_and_report(single):
     assert (single / "report.png").is_file()
 
 
+@pytest.mark.long
 def test_two_processes_under_torchrun_match_one(setup, single):
     out = setup["root"] / "torchrun"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

@@ -14,6 +14,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from_schema = pytest.importorskip("hypothesis_jsonschema").from_schema
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
+pytestmark = pytest.mark.long
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)

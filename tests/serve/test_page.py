@@ -12,7 +12,8 @@ from tests.serve.conftest import SCENE, live_server
 playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
+pytestmark = [pytest.mark.long,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")]
 
 QUESTION = "What shape is the object at the top left?"
 

@@ -24,6 +24,8 @@ from omnivision.train.checkpoint import CRASH_ENV, latest_checkpoint
 from omnivision.train.config import TrainConfig
 from omnivision.train.loop import train
 
+pytestmark = pytest.mark.long
+
 CFG = dict(steps=6, grad_accum=2, save_every=3, keep_last=5, log_every=1, lr=1e-2, weight_decay=0.1,
            warmup_steps=2, precision="fp32", device="cpu", progress=False)
 

@@ -83,6 +83,7 @@ def test_in_process_interrupt_and_resume_is_bit_identical(toy, tmp_path):
               trainable=toy.not_embed, resume=True)
 
 
+@pytest.mark.long
 def test_sigkill_mid_run_then_resume(toy, tmp_path, reference):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, toy.__file__, _script_args(out)], text=True,
@@ -107,6 +108,7 @@ def test_sigkill_mid_run_then_resume(toy, tmp_path, reference):
     _same_metrics(_records(out), _records(reference))
 
 
+@pytest.mark.long
 def test_crash_inside_a_checkpoint_write_then_resume(toy, tmp_path, reference):
     out = tmp_path / "crashed"
     proc = _run_script(toy, out, env={CRASH_ENV: "6"})

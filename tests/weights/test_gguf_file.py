@@ -372,6 +372,7 @@ def smollm2_reader(smollm2_gguf: Path) -> gguf.GGUFReader:
     return gguf.GGUFReader(smollm2_gguf)
 
 
+@pytest.mark.long
 def test_real_smollm2_file(smollm2_gguf: Path, smollm2_reader: gguf.GGUFReader) -> None:
     f = GGUFFile.open(smollm2_gguf)
     reader = smollm2_reader

@@ -25,6 +25,8 @@ from omnivision.processing.tokenizer import find_local_qwen_tokenizer, qwen25_fr
 from omnivision.weights.release_check import check_release
 from omnivision.weights.release_read import find_release
 
+pytestmark = pytest.mark.long
+
 MMPROJ_NAME = "mmproj-omni-vlm-f16.gguf"
 LLM_NAME = "Nano-Vlm-Processor-494M-F16.gguf"
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
