@@ -44,11 +44,12 @@ def test_json_object_streams_an_object(nano, scene_url) -> None:
     with client_for(nano) as client:
         r = client.post("/v1/chat/completions", json=_ask(scene_url, response_format={"type": "json_object"},
                                                           stream=True, max_tokens=200))
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text[-500:]
     pieces = [json.loads(line[6:]) for line in r.text.split("\n\n") if line.startswith("data: {")]
     text = "".join(p["choices"][0]["delta"].get("content") or "" for p in pieces if p["choices"])
     reasons = [p["choices"][0]["finish_reason"] for p in pieces if p["choices"] and p["choices"][0]["finish_reason"]]
     assert reasons == ["stop"], text
-    assert isinstance(json.loads(text), dict)
+    assert isinstance(json.loads(text), dict), text
 
 
 def test_a_schema_that_cannot_compile_is_a_400(nano, scene_url) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from omnivision.config import preset
@@ -51,7 +52,9 @@ def test_short_run_lowers_the_contrastive_loss(tmp_path):
                       precision="fp32", distributed="none", log_every=1, warmup_steps=2)
     result = pretrain_siglip(model, byte_level_tokenizer(), pairs, ImageLoader(config, tmp_path), cfg, true_texts)
     losses = [json.loads(line)["loss"] for line in result.metrics_path.read_text().splitlines()]
-    assert len(losses) == 16
-    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
+    assert len(losses) == 16 and result.final_loss == pytest.approx(losses[-1])
+    # seed 0 falls from ~15 (mean of the first 4 steps) to ~4.5; with the optimiser's step a no-op
+    # the loss only wanders with the batches (16-28 here), so a mean ratio below 0.5 means learning
+    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4, losses
     after = model.vision.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the tower itself learned

@@ -390,6 +390,7 @@ def test_real_smollm2_file(smollm2_gguf: Path, smollm2_reader: gguf.GGUFReader) 
     assert f.describe().splitlines()[-1] == "tensor types: Q4_1 210, F32 61, Q8_0 1"
 
 
+@pytest.mark.long
 def test_real_smollm2_q4_1_dequantisation(smollm2_gguf: Path, smollm2_reader: gguf.GGUFReader) -> None:
     f = GGUFFile.open(smollm2_gguf)
     name = "blk.0.ffn_down.weight"

@@ -25,8 +25,6 @@ from omnivision.processing.tokenizer import find_local_qwen_tokenizer, qwen25_fr
 from omnivision.weights.release_check import check_release
 from omnivision.weights.release_read import find_release
 
-pytestmark = pytest.mark.long
-
 MMPROJ_NAME = "mmproj-omni-vlm-f16.gguf"
 LLM_NAME = "Nano-Vlm-Processor-494M-F16.gguf"
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
@@ -203,6 +201,7 @@ def _verify(folder: Path, capsys) -> tuple[int, list[str]]:
 # --- the official layout passes ------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_files_are_full_size_and_sparse(official_dir: Path) -> None:
     mm = official_dir / MMPROJ_NAME
     llm = official_dir / LLM_NAME
@@ -213,6 +212,7 @@ def test_files_are_full_size_and_sparse(official_dir: Path) -> None:
         pytest.skip("this filesystem does not make sparse files (the test still ran correctly)")
 
 
+@pytest.mark.long
 def test_verify_release_passes_on_the_official_layout(official_dir: Path, capsys) -> None:
     code, lines = _verify(official_dir, capsys)
     assert code == 0, "\n".join(lines)
@@ -244,6 +244,7 @@ def _failed(lines: list[str]) -> set[str]:
     return {line[len("[fail] "):] for line in lines if line.startswith("[fail]")}
 
 
+@pytest.mark.long
 def test_wrong_projector_width_fails(official_dir: Path, tmp_path: Path, capsys) -> None:
     folder = _variant(official_dir, tmp_path, mmproj=mmproj_tensors(projector_hidden=2048))
     code, lines = _verify(folder, capsys)
@@ -253,6 +254,7 @@ def test_wrong_projector_width_fails(official_dir: Path, tmp_path: Path, capsys)
     assert lines[-1].endswith(", 2 failed")
 
 
+@pytest.mark.long
 def test_wrong_key_value_fails(official_dir: Path, tmp_path: Path, capsys) -> None:
     metadata = _replace(MMPROJ_METADATA, "general.description", "some other encoder")
     folder = _variant(official_dir, tmp_path, mmproj_metadata=metadata)
@@ -262,6 +264,7 @@ def test_wrong_key_value_fails(official_dir: Path, tmp_path: Path, capsys) -> No
                               f"expected 'image encoder for omni-vlm'"}
 
 
+@pytest.mark.long
 def test_wrong_float_array_fails(official_dir: Path, tmp_path: Path, capsys) -> None:
     metadata = _replace(MMPROJ_METADATA, "siglip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
     folder = _variant(official_dir, tmp_path, mmproj_metadata=metadata)
@@ -271,6 +274,7 @@ def test_wrong_float_array_fails(official_dir: Path, tmp_path: Path, capsys) -> 
     assert len(_failed(lines)) == 1
 
 
+@pytest.mark.long
 def test_missing_head_and_blocks_fail(official_dir: Path, tmp_path: Path) -> None:
     tensors = [t for t in mmproj_tensors() if not t[0].startswith(("v.head.", "v.blk.26."))]
     folder = _variant(official_dir, tmp_path, mmproj=tensors)
@@ -281,6 +285,7 @@ def test_missing_head_and_blocks_fail(official_dir: Path, tmp_path: Path) -> Non
     assert sum(c.status == "fail" for c in statuses.values()) == 2
 
 
+@pytest.mark.long
 def test_untied_language_model_fails(official_dir: Path, tmp_path: Path, qwen_metadata: list, capsys) -> None:
     folder = _variant(official_dir, tmp_path, llm=(qwen_metadata, llm_tensors(untied=True)))
     code, lines = _verify(folder, capsys)
@@ -288,6 +293,7 @@ def test_untied_language_model_fails(official_dir: Path, tmp_path: Path, qwen_me
     assert _failed(lines) == {"language model has no output.weight (tied embeddings): separate output.weight"}
 
 
+@pytest.mark.long
 def test_wrong_llm_key_fails(official_dir: Path, tmp_path: Path, qwen_metadata: list, capsys) -> None:
     metadata = _replace(qwen_metadata, "qwen2.rope.freq_base", 10_000.0)
     folder = _variant(official_dir, tmp_path, llm=(metadata, llm_tensors()))
@@ -320,6 +326,7 @@ def test_info_prints_the_official_parameter_counts_of_an_mmproj_alone(tmp_path: 
     assert "an mmproj alone is not a model" in out
 
 
+@pytest.mark.long
 def test_info_checks_the_official_pair_as_loading_does(official_dir: Path, capsys) -> None:
     assert main(["info", str(official_dir)]) == 0  # the folder: both files, then the model checks
     out = capsys.readouterr().out
@@ -338,6 +345,7 @@ def test_info_checks_the_official_pair_as_loading_does(official_dir: Path, capsy
     assert "checked as loading checks" in capsys.readouterr().out
 
 
+@pytest.mark.long
 def test_info_refuses_what_loading_refuses(official_dir: Path, tmp_path: Path, capsys) -> None:
     # a language model without a tokenizer: described, then loading's error
     write_sparse_gguf(tmp_path / MMPROJ_NAME, "siglip", MMPROJ_METADATA, mmproj_tensors())
