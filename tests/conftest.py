@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from omnivision.model import OmniVisionModel, init_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_FILES = REPO / ".cache" / "test-files"
+
+# Kernels are not timed in tests (the default is used, nothing is written under ~/.cache): results do
+# not depend on how busy the machine is. tests/kernels and tests/model/test_linear.py turn it on.
+os.environ.setdefault("OMNIVISION_KERNEL_TUNING", "off")
 
 
 @pytest.fixture(autouse=True)

@@ -36,6 +36,9 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     targets = {t["target"] for t in doc["targets"]}
     assert "TTFT bf16 / transformers bf16" in targets and "peak memory answering once, int4 (MB)" in targets
     assert doc["workload"] == {"runs": 1, "decode_tokens": 4, "answer_tokens": 3, "threads": 1}
+    # the kernels were chosen before any measurement, for every bf16 shape bucket of the model
+    assert doc["kernels"] and set(doc["kernels"].values()) <= {"F.linear", "weight-major"}
+    assert "Few-row bf16 kernels chosen on this machine" in out
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     # the prepared checkpoints are kept and reused
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v5-tiny-seed0-bf16", "v5-tiny-seed0-int4"]

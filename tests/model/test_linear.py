@@ -3,16 +3,23 @@ and stays out of the way of autograd."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from omnivision.model.linear import FEW_ROWS, Linear, linear
+from omnivision.kernels.choices import CHOICES, TUNING_ENV
+from omnivision.model import linear as linear_module
+from omnivision.model.linear import F_LINEAR, FEW_ROWS, WEIGHT_MAJOR, Linear, few_row_kernel, linear
 
 
+@pytest.mark.parametrize("kernel", [F_LINEAR, WEIGHT_MAJOR])
 @pytest.mark.parametrize("shape", [(1, 96), (1, 1, 96), (4, 96), (2, 3, 96), (FEW_ROWS + 5, 96)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_same_result_as_f_linear(shape, with_bias):
+def test_same_result_as_f_linear(shape, with_bias, kernel, monkeypatch):
+    """Whichever kernel a machine chooses gives F.linear's result."""
+    monkeypatch.setattr(linear_module, "few_row_kernel", lambda weight, m: kernel)
     torch.manual_seed(0)
     w = torch.randn(80, 96).bfloat16()
     b = torch.randn(80).bfloat16() if with_bias else None
@@ -32,3 +39,21 @@ def test_fp32_is_exactly_f_linear_and_gradients_flow():
     xb = torch.randn(2, 16, dtype=torch.bfloat16, requires_grad=True)
     layer_bf16(xb).sum().backward()
     assert xb.grad is not None and layer_bf16.weight.grad is not None
+
+
+def test_the_kernel_is_chosen_by_timing_once_per_shape_and_row_bucket(tmp_path, monkeypatch):
+    monkeypatch.setenv(TUNING_ENV, "on")
+    monkeypatch.setattr(CHOICES, "path", tmp_path / "choices.json")
+    monkeypatch.setattr(linear_module, "_chosen", {})
+    w = torch.randn(64, 32).bfloat16()
+    picked = {m: few_row_kernel(w, m) for m in (1, 5, 16, 17, FEW_ROWS)}
+    assert set(picked.values()) <= {F_LINEAR, WEIGHT_MAJOR}
+    assert picked[5] == picked[16] and picked[17] == picked[FEW_ROWS]  # one timing per bucket
+    assert len(linear_module._chosen) == 3
+    assert len(json.loads((tmp_path / "choices.json").read_text())) == 3
+
+
+def test_without_timing_the_default_is_f_linear(monkeypatch):
+    monkeypatch.setenv(TUNING_ENV, "off")
+    monkeypatch.setattr(linear_module, "_chosen", {})
+    assert few_row_kernel(torch.randn(8, 4).bfloat16(), 1) == F_LINEAR

@@ -11,6 +11,7 @@ quantized model answering one image question at most 988 MB.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 MEMORY_BUDGET_MB = 988.0
@@ -108,6 +109,12 @@ def table(doc: dict) -> str:
     lines += ["", f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {doc['workload']['threads'] or m['torch_threads']} "
                   f"threads; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Preset {doc['preset']}, "
                   f"random weights; prompt {_prompt_tokens(doc)} tokens; medians of {doc['workload']['runs']} runs."]
+    kernels = doc.get("kernels") or {}
+    if kernels and "error" not in kernels:
+        counts = Counter(kernels.values())
+        lines.append(f"Few-row bf16 kernels chosen on this machine: "
+                     + ", ".join(f"{name} for {n} of {len(kernels)} shape buckets" for name, n in sorted(counts.items()))
+                     + ".")
     return "\n".join(lines)
 
 

@@ -29,6 +29,12 @@ def run(spec: dict) -> dict:
         from omnivision.loader import load
 
         return ours.measure(load(spec["path"], dtype=COMPUTE_DTYPES[precision]), work)
+    if impl == "tune":
+        from omnivision.loader import load
+        from omnivision.model.linear import choose_kernels
+
+        chosen = choose_kernels(load(spec["path"], dtype=torch.bfloat16).model.decode_weight_shapes())
+        return {f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()}
     if impl == "transformers":
         from omnivision.bench import transformers_peer
         from omnivision.bench.prepare import tokenizer_and_config

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnivision.cli import bench, chat, convert, data, info, init, quantize, run, serve, train, verify_release
+from omnivision.cli import (bench, chat, convert, data, info, init, quantize, run, serve, train, tune,
+                            verify_release)
 from omnivision.cli import eval as eval_command  # the module name shadows the builtin
 
 COMMANDS = {
@@ -25,6 +26,7 @@ COMMANDS = {
     "eval": eval_command,
     "quantize": quantize,
     "bench": bench,
+    "tune": tune,
     "serve": serve,
 }
 

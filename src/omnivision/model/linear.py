@@ -1,11 +1,14 @@
-"""`linear` and `Linear`: `F.linear` with a faster CPU path for inference on a few rows in bf16.
+"""`linear` and `Linear`: `F.linear`, with a choice of kernel for inference on a few rows in bf16.
 
-Measured on the AMX/AVX512-BF16 development CPU (torch 2.13, 2 threads, weights streamed from memory
-as in decoding, 4864x896 bf16): `F.linear` on 1 row took 683 us, `torch.mv(W, x)` 473 us; on 2-111
-rows `F.linear` took 758-1155 us and `(W @ X^T)^T` 447-837 us, because oneDNN then reads the weight
-in its stored row-major order. From a few hundred rows on (the 729-token vision tower) `F.linear` is
-as fast or faster, so it stays the path there, for fp32, on other devices and whenever autograd
-records (training).
+On a few rows (decode steps, short prompts, the 81 image tokens) two ways of computing the product
+compete, and which is faster depends on the CPU. Measured (torch 2.13, 2 threads, 4864x896 bf16):
+on the AMX Xeon `F.linear` took 683 us on 1 row and `torch.mv(W, x)` 473 us (on 2-111 rows
+758-1155 against 447-837 us for `(W @ X^T)^T`, which reads the weight in its stored row-major
+order); on the AVX-512 EPYC without AMX it is the other way round, 352 against 597 us on 1 row. So
+the path is chosen per machine, weight shape and row bucket by timing both once
+(`omnivision.kernels.choices`, remembered on disk), with `F.linear` as the default. From
+`FEW_ROWS` rows on (the 729-token vision tower) `F.linear` is used; so it is for fp32, on other
+devices and whenever autograd records (training).
 """
 
 from __future__ import annotations
@@ -14,8 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnivision.kernels.choices import CHOICES
+
 FEW_ROWS = 128
-"""Up to this many rows the weight-major product is used (decode steps, prompts, 81 image tokens)."""
+"""Up to this many rows the kernel is chosen per machine (see the module docstring)."""
+ROW_BUCKETS = ((1, 1), (16, 8), (FEW_ROWS, 64))
+"""(largest row count of the bucket, row count it is timed at)."""
+STREAM_BYTES = 48 * 2**20
+"""Weights are timed as decoding meets them, streamed from memory: copies of the weight are cycled
+until they pass this size (beyond the last-level caches of the CPUs measured)."""
+MAX_COPIES = 64
+F_LINEAR, WEIGHT_MAJOR = "F.linear", "weight-major"
+
+_chosen: dict[tuple[int, int, int, int], str] = {}
+"""This process's choices by (N, K, row bucket, threads), so the hot path asks the disk cache once."""
 
 
 def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -24,16 +39,56 @@ def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
+def _weight_major(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """rows [M, K] @ weight [N, K]^T -> [M, N], reading the weight in its stored order."""
+    if rows.shape[0] == 1:
+        return torch.mv(weight, rows[0])[None]  # [1, N]
+    return (weight @ rows.t()).t().contiguous()  # [N, M] -> [M, N]
+
+
+def _bucket(m: int) -> tuple[int, int]:
+    return next(b for b in ROW_BUCKETS if m <= b[0])
+
+
+@torch.inference_mode()
+def few_row_kernel(weight: torch.Tensor, m: int) -> str:
+    """The kernel for `m` rows times this weight's shape on this machine: F_LINEAR or WEIGHT_MAJOR."""
+    top, timed_rows = _bucket(m)
+    key = (weight.shape[0], weight.shape[1], top, torch.get_num_threads())
+    if key not in _chosen:
+        n_copies = min(MAX_COPIES, max(1, STREAM_BYTES // max(1, weight.nbytes)))
+        copies = [weight] + [weight.clone() for _ in range(n_copies - 1)]
+        x = torch.randn(timed_rows, weight.shape[1], dtype=weight.dtype)
+        turn = iter(range(1 << 62))
+
+        def run(kernel):
+            return lambda: kernel(x, copies[next(turn) % len(copies)])
+
+        candidates = {F_LINEAR: run(F.linear), WEIGHT_MAJOR: run(_weight_major)}
+        _chosen[key] = CHOICES.choose("bf16-few-rows", f"{key[0]}x{key[1]}/rows<={top}", candidates)
+    return _chosen[key]
+
+
+def choose_kernels(shapes: list[tuple[int, int]]) -> dict[tuple[int, int, int], str]:
+    """Make every choice for these weight shapes now (`omnivision tune`, the bench before it measures):
+    {(N, K, largest rows of the bucket): kernel}."""
+    chosen = {}
+    for n, k in shapes:
+        weight = torch.empty(n, k, dtype=torch.bfloat16).normal_()
+        for top, timed in ROW_BUCKETS:
+            chosen[(n, k, top)] = few_row_kernel(weight, timed)
+    return chosen
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K]^T (+ bias [N]) -> [..., N], as `F.linear` up to bf16 rounding (the
-    fast path rounds the product to bf16 before adding the bias)."""
+    weight-major kernel rounds the product to bf16 before adding the bias)."""
     if not _fast_path(x, weight):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # [M, K]
-    if rows.shape[0] == 1:
-        out = torch.mv(weight, rows[0])[None]  # [1, N]
-    else:
-        out = (weight @ rows.t()).t().contiguous()  # [N, M] -> [M, N]
+    if few_row_kernel(weight, rows.shape[0]) == F_LINEAR:
+        return F.linear(x, weight, bias)
+    out = _weight_major(rows, weight)  # [M, N]
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])

@@ -79,6 +79,16 @@ class OmniVisionModel(nn.Module):
         hidden = self.language(embeds, position_ids, key_valid, cache)
         return self.language.logits(hidden)
 
+    def decode_weight_shapes(self) -> list[tuple[int, int]]:
+        """The distinct [N, K] shapes of the bf16 weights that multiply a few rows at a time (the
+        language model, its tied head, the projector): the products whose kernel is chosen per
+        machine (`model.linear.few_row_kernel`)."""
+        linears = [m.weight for part in (self.language, self.projector) for m in part.modules()
+                   if isinstance(m, nn.Linear)]
+        embed = self.language.model.embed_tokens
+        tied = [embed.weight] if self.language.lm_head is None and isinstance(embed, nn.Embedding) else []
+        return sorted({tuple(w.shape) for w in linears + tied if w.dtype == torch.bfloat16})
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute vision and decoder layer activations during backward (used by training)."""
         self.vision.encoder.gradient_checkpointing = enabled

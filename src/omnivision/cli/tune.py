@@ -1,0 +1,45 @@
+"""`omnivision tune [--model SRC]`: choose this machine's kernels up front, for every product shape of
+a model, and print what was chosen with the timings behind it.
+
+Without it the same choices are made the first time each shape is met (a few seconds in all for the
+968M, once per machine; `omnivision.kernels.choices`); `tune` moves that cost out of the first
+answer and shows the result. Only bf16 products on a few rows have a choice today, so the model is
+loaded in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from omnivision.cli.model_args import add_model_options, load_model
+from omnivision.kernels.choices import CHOICES, cache_path, tuning_enabled
+from omnivision.kernels.machine import describe
+from omnivision.model.linear import FEW_ROWS, ROW_BUCKETS, few_row_kernel
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="choose this machine's fastest kernels for a model's shapes, up front")
+    add_model_options(p)
+    p.set_defaults(handler=run, dtype="bfloat16")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not tuning_enabled():
+        raise ValueError("kernel timing is turned off (OMNIVISION_KERNEL_TUNING=off): nothing to tune")
+    vlm = load_model(args)
+    print(f"machine: {describe()}")
+    print(f"{'weight':>14} {'rows':>9}  {'kernel':<13} timings (median, us)")
+    lows = [1] + [top + 1 for top, _ in ROW_BUCKETS[:-1]]
+    for n, k in vlm.model.decode_weight_shapes():
+        weight = torch.empty(n, k, dtype=torch.bfloat16).normal_()
+        for low, (top, timed) in zip(lows, ROW_BUCKETS):
+            before = set(CHOICES.timings)
+            choice = few_row_kernel(weight, timed)
+            new = [v for key, v in CHOICES.timings.items() if key not in before]
+            shown = ", ".join(f"{name} {1e6 * t:.0f}" for v in new for name, t in v.items())
+            rows = str(top) if low == top else f"{low}-{top}"
+            print(f"{n:>7}x{k:<6} {rows:>9}  {choice:<13} {shown or 'remembered from an earlier run'}")
+    print(f"choices kept in {cache_path()} (up to {FEW_ROWS} rows; more rows always use F.linear)")
+    return 0

@@ -1,0 +1,43 @@
+"""`omnivision tune`: every bf16 product shape of the bundled model gets a kernel per row bucket,
+kept on disk and reused by the next run; with timing turned off it is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from omnivision.cli.main import main
+from omnivision.kernels.choices import CACHE_ENV, TUNING_ENV
+from omnivision.model import linear as linear_module
+from omnivision.model.linear import ROW_BUCKETS
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tune_chooses_every_shape_once_and_remembers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(TUNING_ENV, "on")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices.json"))
+    monkeypatch.setattr(linear_module, "_chosen", {})
+    assert main(["tune", "--threads", "1"]) == 0
+    first = capsys.readouterr().out
+    rows = [line for line in first.splitlines() if re.match(r"\s*\d+x\d+ ", line)]
+    stored = json.loads((tmp_path / "choices.json").read_text())
+    assert len(stored) == len(rows) > 0 and len(rows) % len(ROW_BUCKETS) == 0
+    assert {entry["choice"] for entry in stored.values()} <= {"F.linear", "weight-major"}
+    monkeypatch.setattr(linear_module, "_chosen", {})  # a new process
+    assert main(["tune", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.count("remembered from an earlier run") == len(rows)
+
+
+def test_tune_with_timing_off_is_an_error(monkeypatch, capsys):
+    monkeypatch.setenv(TUNING_ENV, "off")
+    assert main(["tune"]) == 2
+    assert "OMNIVISION_KERNEL_TUNING=off" in capsys.readouterr().err
