@@ -39,6 +39,9 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     # the kernels were chosen before any measurement, for every bf16 shape bucket of the model
     assert doc["kernels"] and set(doc["kernels"].values()) <= {"F.linear", "weight-major"}
     assert "Few-row bf16 kernels chosen on this machine" in out
+    # the machine is named with the features that decide kernel speed
+    assert doc["machine"]["torch_cpu_capability"] in out and "CPU features:" in out
+    assert set(doc["machine"]["cpu_flags"]) <= set(bench_run.SPEED_FLAGS)
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     # the prepared checkpoints are kept and reused
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v5-tiny-seed0-bf16", "v5-tiny-seed0-int4"]

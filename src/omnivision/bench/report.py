@@ -109,10 +109,13 @@ def table(doc: dict) -> str:
     lines += ["", f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {doc['workload']['threads'] or m['torch_threads']} "
                   f"threads; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Preset {doc['preset']}, "
                   f"random weights; prompt {_prompt_tokens(doc)} tokens; medians of {doc['workload']['runs']} runs."]
+    if "cpu_flags" in m:
+        lines.append(f"CPU features: {' '.join(m['cpu_flags']) or 'none of those listed'}; torch's CPU "
+                     f"kernels: {m['torch_cpu_capability']}.")
     kernels = doc.get("kernels") or {}
     if kernels and "error" not in kernels:
         counts = Counter(kernels.values())
-        lines.append(f"Few-row bf16 kernels chosen on this machine: "
+        lines.append("Few-row bf16 kernels chosen on this machine: "
                      + ", ".join(f"{name} for {n} of {len(kernels)} shape buckets" for name, n in sorted(counts.items()))
                      + ".")
     return "\n".join(lines)

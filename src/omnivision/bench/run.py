@@ -23,6 +23,7 @@ import torch
 
 from omnivision.bench import prepare
 from omnivision.bench.worker import MARK
+from omnivision.kernels.machine import cpu_description
 from omnivision.bench.workload import Workload
 
 PEERS = ("transformers", "llama.cpp")
@@ -49,20 +50,20 @@ class Plan:
             raise ValueError(f"unknown peer {unknown[0]!r}; use {' or '.join(PEERS)}")
 
 
+SPEED_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+               "amx_int8", "asimd", "sve", "bf16", "i8mm")
+"""The instruction-set flags that decide which kernels are fast (x86 and ARM names)."""
+
+
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu, flags = cpu_description()
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name, module in (("transformers", "transformers"), ("llama-cpp-python", "llama_cpp")):
         if importlib.util.find_spec(module) is not None:
             versions[name] = __import__(module).__version__
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cpu_flags": [f for f in SPEED_FLAGS if f in flags.split()],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "system": platform.platform(), "versions": versions}
 
 
