@@ -42,6 +42,10 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     # the machine is named with the features that decide kernel speed
     assert doc["machine"]["torch_cpu_capability"] in out and "CPU features:" in out
     assert set(doc["machine"]["cpu_flags"]) <= set(bench_run.SPEED_FLAGS)
+    # decode is put against the bandwidth bound of the machine
+    assert doc["machine"]["read_bandwidth_gbs"] > 0
+    assert rows[("ours", "int4")]["decode_bytes_per_token"] < rows[("ours", "bf16")]["decode_bytes_per_token"]
+    assert "Decode against the memory bound" in out and "ours int4 " in out.split("memory bound")[1]
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     # the prepared checkpoints are kept and reused
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["v5-tiny-seed0-bf16", "v5-tiny-seed0-int4"]

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from omnivision.bench.bandwidth import decode_bytes_per_token
 from omnivision.bench.workload import QUESTION, Workload, bench_image, median_seconds, peak_rss_mb
 from omnivision.generation.generate import GenerationConfig, generate, prefill
 from omnivision.model.omnivision import init_weights
@@ -81,6 +82,7 @@ def measure(vlm: OmniVision, work: Workload) -> dict:
     result["e2e_ms"] = ms(statistics.median(ends))
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     result["answer_peak_rss_mb"] = round(answer_peak, 1)
+    result["decode_bytes_per_token"] = decode_bytes_per_token(vlm.model.language)
     result["ttft_uncompressed_ms"] = ms(_uncompressed_ttft(vlm, image, work.runs))
     return result
 

@@ -112,6 +112,7 @@ def table(doc: dict) -> str:
     if "cpu_flags" in m:
         lines.append(f"CPU features: {' '.join(m['cpu_flags']) or 'none of those listed'}; torch's CPU "
                      f"kernels: {m['torch_cpu_capability']}.")
+    lines += _decode_bounds(doc)
     kernels = doc.get("kernels") or {}
     if kernels and "error" not in kernels:
         counts = Counter(kernels.values())
@@ -119,6 +120,21 @@ def table(doc: dict) -> str:
                      + ", ".join(f"{name} for {n} of {len(kernels)} shape buckets" for name, n in sorted(counts.items()))
                      + ".")
     return "\n".join(lines)
+
+
+def _decode_bounds(doc: dict) -> list[str]:
+    """Each of our decode rates against the machine's bound: read bandwidth / weight bytes per token."""
+    bandwidth = doc["machine"].get("read_bandwidth_gbs")
+    rows = [r for r in doc["results"] if r.get("decode_bytes_per_token") and r.get("decode_tok_s")]
+    if not bandwidth or not rows:
+        return []
+    parts = []
+    for r in rows:
+        bound = bandwidth * 1e9 / r["decode_bytes_per_token"]
+        parts.append(f"ours {r['precision']} {r['decode_tok_s']:.1f} of {bound:.1f} tok/s "
+                     f"({100 * r['decode_tok_s'] / bound:.0f} %)")
+    return [f"Decode against the memory bound (read bandwidth {bandwidth:.1f} GB/s / weight bytes per token): "
+            + ", ".join(parts) + "."]
 
 
 def _prompt_tokens(doc: dict) -> str:

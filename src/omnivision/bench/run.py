@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from omnivision.bench import prepare
+from omnivision.bench.bandwidth import read_bandwidth_gbs
 from omnivision.bench.worker import MARK
 from omnivision.kernels.machine import cpu_description
 from omnivision.bench.workload import Workload
@@ -131,5 +132,10 @@ def run(plan: Plan, log: Callable[[str], None] = lambda line: None) -> dict:
             row.update(_run_worker(spec, plan.timeout_s))
             row["wall_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
-    return {"machine": machine(), "preset": plan.preset, "seed": plan.seed, "kernels": kernels,
+    log("measuring the memory bandwidth")
+    if plan.work.threads:
+        torch.set_num_threads(plan.work.threads)
+    bandwidth = read_bandwidth_gbs()
+    return {"machine": {**machine(), "read_bandwidth_gbs": bandwidth}, "preset": plan.preset, "seed": plan.seed,
+            "kernels": kernels,
             "workload": dataclasses.asdict(plan.work), "results": rows}
