@@ -9,7 +9,7 @@ import pytest
 
 from omnivision.data.records import QAItem
 from omnivision.eval.scoring import pope
-from omnivision.eval.shapes_accuracy import pope_metrics, qa_accuracy, yes_no
+from omnivision.eval.shapes_accuracy import pope_metrics, qa_accuracy
 
 
 def answerer(predictions: list[str], calls: list[int]):
@@ -42,14 +42,6 @@ def test_qa_accuracy_per_type_and_overall():
     assert list(out) == ["color", "count", "position", "shape", "overall"]
     assert calls == [2, 2, 1]
     assert qa_accuracy(answerer([], []), []) == {"overall": 0.0}
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("yes", "yes"), ("Yes, there is.", "yes"), ("NO!", "no"), ("no yes", "no"),
-    ("maybe yes", None), ("nope", None), ("", None), ("... yes", "yes"),
-])
-def test_yes_no_reads_the_first_word(text, expected):
-    assert yes_no(text) == expected
 
 
 def test_pope_metrics_first_word_rule():
