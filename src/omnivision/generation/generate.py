@@ -11,6 +11,7 @@ of a decoder alone) build on them rather than on a copy. Rotary positions come f
 and yields the next token of every unfinished row at each step. `generate` (one sequence,
 streaming) and `generate_batch` are thin wrappers over it, so streaming, the CLI and batching share
 the same code. No tokenizer here: stop strings are the caller's business (it closes the generator).
+On CUDA the decode steps run with fixed shapes as a replayed CUDA graph (`static_decode`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from omnivision.generation.sampling import SamplingConfig, sample
+from omnivision.generation.static_decode import static_decoder
 from omnivision.model import KVCache, OmniVisionModel
 from omnivision.model.qwen2 import Qwen2ForCausalLM, rotary_positions
 
@@ -77,14 +79,17 @@ class Decoding:
 
 
 def prefill(lm: Qwen2ForCausalLM, embeds: torch.Tensor, key_valid: torch.Tensor | None,
-            max_len: int) -> tuple[torch.Tensor, Decoding]:
-    """Run prompts through the decoder into a new cache of `max_len` positions.
+            max_len: int, cache: KVCache | None = None) -> tuple[torch.Tensor, Decoding]:
+    """Run prompts through the decoder into a new cache of `max_len` positions (or into `cache`,
+    emptied first: a reused one of at least `max_len` positions).
 
     embeds [B, T, D] left-padded input embeddings; key_valid [B, T] bool marks the real ones (None:
     no padding). Returns the logits [B, V] of the token after each prompt, and the decoding state.
     """
     b, t = embeds.shape[:2]
-    cache = lm.new_cache(b, max_len)
+    if cache is None:
+        cache = lm.new_cache(b, max_len)
+    cache.length = 0
     positions = rotary_positions(b, t, key_valid, 0, embeds.device)  # [B, T]
     hidden = lm(embeds, positions, key_valid, cache)  # [B, T, D]
     return lm.logits(hidden[:, -1]), Decoding(cache, positions[:, -1:] + 1, key_valid)
@@ -151,21 +156,25 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
     if cfg.sampling.repetition_penalty != 1.0:
         seen = _seen_tokens(ids, valid, model.config.text.vocab_size)
     stops = torch.tensor(cfg.stop_token_ids or [-1], device=device)
-    logits, state = prefill(model.language, model.embed(ids, image_embeds),
-                            None if bool(valid.all()) else valid, longest + cfg.max_new_tokens)
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    for step in range(cfg.max_new_tokens):
-        tokens = _choose(logits, cfg, seen, generator, hooks)  # [B]
-        finished |= torch.isin(tokens, stops)
-        out = {row: int(tokens[row]) for row in range(b) if not finished[row]}
-        if not out:
-            return
-        yield out
-        if step + 1 == cfg.max_new_tokens:
-            return
-        if seen is not None:
-            seen[torch.arange(b), tokens] = True
-        logits = decode_step(model.language, tokens, state)
+    lm, max_len = model.language, longest + cfg.max_new_tokens
+    with static_decoder(lm, b, max_len) as fixed:  # None off CUDA
+        logits, state = prefill(lm, model.embed(ids, image_embeds), None if bool(valid.all()) else valid,
+                                max_len, None if fixed is None else fixed.cache)
+        if fixed is not None:
+            fixed.start(state.cache.length, state.next_positions, state.key_valid)
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        for step in range(cfg.max_new_tokens):
+            tokens = _choose(logits, cfg, seen, generator, hooks)  # [B]
+            finished |= torch.isin(tokens, stops)
+            out = {row: int(tokens[row]) for row in range(b) if not finished[row]}
+            if not out:
+                return
+            yield out
+            if step + 1 == cfg.max_new_tokens:
+                return
+            if seen is not None:
+                seen[torch.arange(b), tokens] = True
+            logits = decode_step(lm, tokens, state) if fixed is None else fixed.step(tokens)
 
 
 def generate(model: OmniVisionModel, prompt_ids: Sequence[int], image_embeds: torch.Tensor | None,

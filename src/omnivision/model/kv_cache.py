@@ -1,8 +1,14 @@
-"""A preallocated key/value cache with an explicit write position.
+"""A preallocated key/value cache with an explicit write position, and a fixed-shape view of it.
 
 One `[B, kv_heads, max_len, head_dim]` buffer pair per decoder layer. All rows of a batch share the
 write position; rows that are shorter are left-padded and their padding is masked out by the caller's
 attention mask. The cache knows nothing about attention itself.
+
+`KVCache` keeps its position as a Python int and hands attention the filled prefix, whose length
+grows by one each step. `PositionedWrite` is the same buffers seen with the position in a tensor:
+it writes there and hands back the whole buffers, so every step has the same shapes and can be
+captured once as a CUDA graph or compiled once (`generation/static_decode.py`); the caller masks
+the positions not yet written.
 """
 
 from __future__ import annotations
@@ -32,3 +38,19 @@ class KVCache:
     def advance(self, steps: int) -> None:
         """Called once per forward pass, after every layer has written `steps` positions."""
         self.length += steps
+
+
+class PositionedWrite:
+    """A `KVCache`'s buffers, written at `index` (a one-element long tensor the caller owns)."""
+
+    def __init__(self, cache: KVCache, index: torch.Tensor) -> None:
+        self.keys, self.values, self.index = cache.keys, cache.values, index
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, kv_heads, 1, hd] at `index`; return the whole buffers [B, kv_heads, L, hd]."""
+        self.keys[layer].index_copy_(2, self.index, k)
+        self.values[layer].index_copy_(2, self.index, v)
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, steps: int) -> None:
+        self.index.add_(steps)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from omnivision.config import TextConfig
-from omnivision.model.kv_cache import KVCache
+from omnivision.model.kv_cache import KVCache, PositionedWrite
 from omnivision.model.linear import Linear, linear
 
 
@@ -67,7 +67,7 @@ class Qwen2Attention(nn.Module):
         self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+                mask: torch.Tensor | None, cache: KVCache | PositionedWrite | None, layer: int) -> torch.Tensor:
         b, t, _ = x.shape  # [B, T, D]
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
@@ -164,19 +164,23 @@ class Qwen2ForCausalLM(nn.Module):
         return self.model.embed_tokens(input_ids).to(self.model.norm.weight.dtype)
 
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
-                key_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                key_valid: torch.Tensor | None = None, cache: KVCache | PositionedWrite | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """inputs_embeds [B, T, D], position_ids [B, T], key_valid [B, S] (None: no padding).
 
-        With a cache, S = cached positions + T and the new keys are written into it.
+        With a cache, S = cached positions + T and the new keys are written into it. `mask`
+        [B, 1, T, S] bool, when given, is the attention mask as it is (decoding with fixed shapes
+        over a whole `PositionedWrite` buffer) and `key_valid` is not read.
         Returns the final-norm hidden states [B, T, D].
         """
         b, t = inputs_embeds.shape[:2]
-        past = cache.length if cache is not None else 0
-        if key_valid is None and t > 1 and past > 0:
+        past = cache.length if isinstance(cache, KVCache) else 0
+        if mask is None and key_valid is None and t > 1 and past > 0:
             # a multi-token chunk after cached positions needs an explicit causal mask
             key_valid = torch.ones(b, past + t, dtype=torch.bool, device=inputs_embeds.device)
         rope = self.model.rotary(position_ids, inputs_embeds.dtype)
-        mask = None if key_valid is None else attention_mask(key_valid, t)
+        if mask is None and key_valid is not None:
+            mask = attention_mask(key_valid, t)
         h = inputs_embeds
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
