@@ -73,3 +73,13 @@ def test_json_holds_results_and_targets(tmp_path) -> None:
     report.write_json(_doc(), tmp_path / "b.json")
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["results"]) == 8 and len(data["targets"]) == 8
+
+
+def test_the_llama_cpp_build_is_printed_under_the_table() -> None:
+    doc = _doc()
+    for row in doc["results"]:
+        if row["impl"] == "llama.cpp":
+            row["system_info"] = "CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | REPACK = 1 |"
+    text = report.table(doc)
+    assert text.count("llama.cpp build: CPU : AVX2 = 1 | AVX512 = 1") == 1  # once, not per row
+    assert "llama.cpp build" not in report.table(_doc())

@@ -56,9 +56,22 @@ def test_special_tokens_in_text() -> None:
 def test_gguf_round_trip() -> None:
     tok = byte_level_tokenizer()
     meta = tok.to_gguf_metadata(pad_to=320)
-    assert "tokenizer.ggml.merges" not in meta and len(meta["tokenizer.ggml.tokens"]) == 320
+    # llama.cpp needs the merges key: one merge of two control tokens, which never applies
+    assert meta["tokenizer.ggml.merges"] == ["<|endoftext|> <|endoftext|>"]
+    assert len(meta["tokenizer.ggml.tokens"]) == 320
     assert meta["tokenizer.ggml.eos_token_id"] == 258
     rebuilt = Tokenizer.from_gguf_metadata(meta, nfc=False)
     for text in TEXTS + ["<|im_start|>x<|image_pad|><|im_end|>"]:
         assert rebuilt.encode(text) == tok.encode(text)
         assert rebuilt.decode(tok.encode(text)) == text
+
+
+def test_an_inert_merge_is_dropped_and_an_ordinary_one_is_kept() -> None:
+    meta = byte_level_tokenizer().to_gguf_metadata()
+    meta["tokenizer.ggml.merges"] = ["<|im_start|> <|im_end|>", "a b"]
+    vocab = meta["tokenizer.ggml.tokens"]
+    vocab.append("ab")
+    meta["tokenizer.ggml.token_type"].append(1)
+    rebuilt = Tokenizer.from_gguf_metadata(meta, nfc=False)
+    assert rebuilt.encode("ab") == [len(vocab) - 1]  # the ordinary merge applies
+    assert rebuilt.encode("<|im_start|><|im_end|>") == [257, 258]

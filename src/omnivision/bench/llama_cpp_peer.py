@@ -4,7 +4,8 @@ llama.cpp has no SigLIP path in these packages, so it is measured on the languag
 prefill of the same prompt ids (the image positions are fed as the image-pad token, so the same
 number of positions is computed), and greedy decoding, the next token picked from its logits as this
 project's loop does. `quantize` turns the F16 GGUF written by `weights.release_write` into Q8_0 /
-Q4_0 with llama.cpp's own quantizer.
+Q4_0 with llama.cpp's own quantizer. Each result carries llama.cpp's `llama_print_system_info()`,
+the instruction sets and backends its build uses, so that a weak build shows in the report.
 """
 
 from __future__ import annotations
@@ -84,4 +85,5 @@ def measure(gguf: Path, prompt_ids: list[int], work: Workload) -> dict:
     rests = [run(work.decode_tokens + 1)[1] for _ in range(work.runs)]
     result["decode_tok_s"] = round(statistics.median(work.decode_tokens / r for r in rests), 2)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     return result

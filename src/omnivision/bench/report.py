@@ -113,6 +113,8 @@ def table(doc: dict) -> str:
         lines.append(f"CPU features: {' '.join(m['cpu_flags']) or 'none of those listed'}; torch's CPU "
                      f"kernels: {m['torch_cpu_capability']}.")
     lines += _decode_bounds(doc)
+    builds = sorted({r["system_info"] for r in doc["results"] if r.get("system_info")})
+    lines += [f"llama.cpp build: {info}" for info in builds]
     kernels = doc.get("kernels") or {}
     if kernels and "error" not in kernels:
         counts = Counter(kernels.values())

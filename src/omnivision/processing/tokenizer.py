@@ -12,7 +12,10 @@ GGUF conventions (those of llama.cpp's `convert_hf_to_gguf.py` for Qwen2.5-Instr
 `tokenizer.ggml.model` "gpt2", `tokenizer.ggml.pre` "qwen2", token types 1 normal, 3 control (added
 tokens that are special or look like `<|...|>`), 4 user-defined (other added tokens), 5 unused
 (`[PADn]` rows up to the embedding size); eos = `<|im_end|>`, bos = padding = `<|endoftext|>`,
-`add_bos_token` false.
+`add_bos_token` false. llama.cpp refuses a byte-level vocabulary without the merges key, and GGUF
+cannot type an empty array, so a vocabulary without merges (the byte-level fallback) is written
+with one merge of two control tokens: control tokens are split out of the text before BPE, so that
+pair never meets, and the reader drops it.
 
 Normalisation: Qwen2's `tokenizer.json` applies NFC before splitting; llama.cpp does not. A GGUF
 vocabulary is rebuilt with NFC by default so that ids equal the `tokenizer.json` ones; pass
@@ -85,12 +88,15 @@ class Tokenizer:
         types = [int(t) for t in metadata.get("tokenizer.ggml.token_type", [TOKEN_NORMAL] * len(tokens))]
         if len(types) != len(tokens):
             raise ValueError(f"{len(tokens)} tokens but {len(types)} token types")
+        control = {t for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL}
         merges = []
         for m in metadata.get("tokenizer.ggml.merges", []):
             m = m.decode("utf-8") if isinstance(m, bytes) else str(m)
             parts = m.split(" ")
             if len(parts) != 2:
                 raise ValueError(f"malformed merge {m!r}")
+            if parts[0] in control and parts[1] in control:
+                continue  # never applies (see the module docstring)
             merges.append((parts[0], parts[1]))
 
         vocab: dict[str, int] = {}
@@ -137,7 +143,9 @@ class Tokenizer:
             "tokenizer.ggml.token_type": types,
             "tokenizer.ggml.add_bos_token": False,
         }
-        if merges:  # a merge-free byte-level vocabulary has none, and GGUF cannot type an empty array
+        if not merges:  # the inert merge of the module docstring
+            merges = [f"{t} {t}" for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL and " " not in t][:1]
+        if merges:
             meta["tokenizer.ggml.merges"] = merges
         for key, name in (("eos_token_id", "<|im_end|>"), ("bos_token_id", "<|endoftext|>"),
                           ("padding_token_id", "<|endoftext|>")):
