@@ -53,3 +53,56 @@ def test_state_dict_holds_int8_and_reloads():
     fresh(x)  # caches bf16 placeholder scales; loading must invalidate that cache
     fresh.load_state_dict(sd)
     assert torch.equal(fresh(x), layer(x))
+
+
+def test_int8_activation_product_stays_within_its_rounding_bound():
+    from omnivision.quantize.int8_linear import int8_activation_product
+
+    w = torch.randn(96, 80) * 0.05
+    x = torch.randn(300, 80) * torch.logspace(-2, 1, 300)[:, None]  # rows of very different scale
+    x[7] = 0.0  # an all-zero row must give zeros, not NaN
+    q, scales = quantize_int8(w)
+    wq = q.float() * scales[:, None]  # [N, K] the weight as stored
+    got = int8_activation_product(x.bfloat16(), q, scales)  # [M, N]
+    want = x.bfloat16().double() @ wq.double().t()  # [M, N]
+    # each activation is off by at most half its row's step: |dx| <= max|x_row| / 254
+    xb = x.bfloat16().double()
+    bound = xb.abs().amax(1, keepdim=True) / 254 * wq.abs().double().sum(1)[None] + 1e-6  # [M, N]
+    assert ((got.double() - want).abs() <= bound * (1 + 1e-4)).all()
+    assert (got[7] == 0).all()
+    assert (got - want).norm() / want.norm() < 0.02  # and about 1 % in all
+
+
+def test_marked_layers_use_int8_activations_on_many_rows_only_where_chosen(monkeypatch):
+    from omnivision.quantize import int8_linear
+
+    layer = Int8Linear.from_linear(nn.Linear(64, 48)).to(torch.bfloat16)
+    x = torch.randn(1, 300, 64, dtype=torch.bfloat16)
+    weight_only = layer(x)
+    layer.activation_quantization = True
+    assert torch.equal(layer(x), weight_only)  # timing is off in tests: the default, dequantise, stays
+    monkeypatch.setattr(int8_linear, "many_row_kernel", lambda n, k, dtype: int8_linear.INT8_ACTIVATIONS)
+    expected = (int8_linear.int8_activation_product(x[0], layer.qweight, layer.scales).bfloat16()
+                + layer.bias)
+    assert torch.equal(layer(x)[0], expected)
+    assert not torch.equal(layer(x), weight_only)
+    assert torch.equal(layer(x[:, :200]), weight_only[:, :200])  # under ACTIVATION_MIN_ROWS rows
+    monkeypatch.setenv(int8_linear.ACTIVATIONS_ENV, "off")
+    assert torch.equal(layer(x), weight_only)
+
+
+def test_the_int8_activation_choice_is_timed_and_remembered(monkeypatch, tmp_path):
+    from omnivision.kernels.choices import KernelChoices
+    from omnivision.quantize import int8_linear
+
+    monkeypatch.setenv("OMNIVISION_KERNEL_TUNING", "on")
+    choices = KernelChoices(tmp_path / "choices.json", repeats=1)
+    monkeypatch.setattr(int8_linear, "CHOICES", choices)
+    monkeypatch.setattr(int8_linear, "_chosen", {})
+    monkeypatch.setattr(int8_linear, "ACTIVATION_TIMED_ROWS", 260)
+    choice = int8_linear.many_row_kernel(64, 128, torch.bfloat16)
+    assert choice in (int8_linear.DEQUANTISE, int8_linear.INT8_ACTIVATIONS)
+    (timed,) = choices.timings.values()
+    assert set(timed) == {int8_linear.DEQUANTISE, int8_linear.INT8_ACTIVATIONS}
+    assert "int8-many-rows/64x128/bfloat16" in (tmp_path / "choices.json").read_text()
+

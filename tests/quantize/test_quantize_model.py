@@ -42,6 +42,14 @@ def test_int8_counts_sizes_and_skips(tiny_model):
     assert len(int8) == summary.layers and all(k.endswith("qweight") for k in int8)
 
 
+def test_only_the_vision_towers_int8_layers_may_quantize_activations(tiny_model):
+    quantize_model(tiny_model, "int8")
+    marked = {name.split(".")[0] for name, m in tiny_model.named_modules()
+              if isinstance(m, Int8Linear) and m.activation_quantization}
+    assert marked == {"vision"}
+    assert all(m.activation_quantization for m in tiny_model.vision.modules() if isinstance(m, Int8Linear))
+
+
 def test_int4_falls_back_to_a_smaller_group_or_to_int8(tiny_model):
     # tiny widths: vision 32, projector 288 -> 48 -> 64, text 64 / 128; requested group 256
     summary = quantize_model(tiny_model, "int4-g256", ("projector", "language"))

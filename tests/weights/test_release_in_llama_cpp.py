@@ -2,7 +2,9 @@
 embeddings (text and image), gives the same greedy tokens as this project's decoder.
 
 Slow and optional: runs when llama-cpp-python is installed (`pip install llama-cpp-python` builds
-llama.cpp from source, about 6 minutes here). Select with `pytest -m slow`.
+llama.cpp from source, about 6 minutes here). Select with `pytest -m slow`. Both tokenizers a file
+of this project can carry: the real Qwen one, and the byte-level fallback written when none is at
+hand (llama.cpp needs its merges key, `processing/tokenizer.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from omnivision.generation.generate import GenerationConfig, generate
+from omnivision.processing.byte_tokenizer import byte_level_tokenizer
 from omnivision.processing.prompt import Message, build_inputs
 from omnivision.processing.tokenizer import find_local_qwen_tokenizer, qwen25_from_qwen3_tokenizer_json
 from omnivision.weights.random_init import random_model
@@ -64,11 +67,18 @@ def _llama_greedy(path, embeds: torch.Tensor, n_new: int, stops) -> list[int]:
         lib.llama_model_free(model)
 
 
-def test_written_language_model_gives_the_same_greedy_tokens_in_llama_cpp(tmp_path):
+def _tokenizer(kind: str):
+    if kind == "byte-level":  # what a fresh machine without the Qwen tokenizer writes (the bench)
+        return byte_level_tokenizer()
     found = find_local_qwen_tokenizer()
     if found is None:
         pytest.skip("needs the Qwen tokenizer (bash scripts/setup.sh test)")
-    tokenizer = qwen25_from_qwen3_tokenizer_json(found)
+    return qwen25_from_qwen3_tokenizer_json(found)
+
+
+@pytest.mark.parametrize("kind", ["qwen", "byte-level"])
+def test_written_language_model_gives_the_same_greedy_tokens_in_llama_cpp(tmp_path, kind):
+    tokenizer = _tokenizer(kind)
     model = random_model("tiny", tokenizer, seed=3)
     llm_path, _ = write_release(model, tokenizer, tmp_path, "F32")
 

@@ -3,8 +3,9 @@ a model, and print what was chosen with the timings behind it.
 
 Without it the same choices are made the first time each shape is met (a few seconds in all for the
 968M, once per machine; `omnivision.kernels.choices`); `tune` moves that cost out of the first
-answer and shows the result. Only bf16 products on a few rows have a choice today, so the model is
-loaded in bf16.
+answer and shows the result: bf16 products on a few rows for every weight shape (the model is
+loaded in bf16), then whatever one image through the vision tower chooses (the precision of its
+attention; int8 activations for a quantized tower).
 """
 
 from __future__ import annotations
@@ -41,5 +42,12 @@ def run(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{name} {1e6 * t:.0f}" for v in new for name, t in v.items())
             rows = str(top) if low == top else f"{low}-{top}"
             print(f"{n:>7}x{k:<6} {rows:>9}  {choice:<13} {shown or 'remembered from an earlier run'}")
-    print(f"choices kept in {cache_path()} (up to {FEW_ROWS} rows; more rows always use F.linear)")
+    before = set(CHOICES.timings)
+    size = vlm.config.vision.image_size
+    with torch.inference_mode():
+        vlm.model.encode_images(torch.zeros(1, 3, size, size))
+    for key in sorted(set(CHOICES.timings) - before):
+        shown = ", ".join(f"{name} {1e6 * t:.0f}" for name, t in CHOICES.timings[key].items())
+        print(f"vision tower {key.split('/', 1)[1]}: {CHOICES.chosen(key)} ({shown})")
+    print(f"choices kept in {cache_path()} (few-row products up to {FEW_ROWS} rows; more rows use F.linear)")
     return 0

@@ -71,6 +71,12 @@ class KernelChoices:
             self._save()
         return choice
 
+    def chosen(self, key: str) -> str | None:
+        """The candidate kept under a full entry key (as in `timings`), if any."""
+        with self._lock:
+            self._load()
+            return self._entries.get(key, {}).get("choice")
+
     def _time(self, candidates: Mapping[str, Callable[[], object]]) -> dict[str, float]:
         for run in candidates.values():
             run()  # warm-up: first-call allocations and lazy initialisation

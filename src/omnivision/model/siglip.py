@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from omnivision.config import VisionConfig
+from omnivision.model.attention import attention
 
 
 class SiglipEmbeddings(nn.Module):
@@ -50,7 +51,7 @@ class SiglipAttention(nn.Module):
         b, n, _ = x.shape  # [B, N, D]
         q, k, v = (proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))  # each [B, H, N, hd]
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd], no mask
+        out = attention(q, k, v)  # [B, H, N, hd], no mask
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

@@ -101,6 +101,8 @@ def quantize_model(model: nn.Module, scheme: str | QuantScheme,
                 summary.skipped.append(full)
                 continue
             new = _quantized(linear, scheme)
+            if part == "vision" and isinstance(new, Int8Linear):
+                new.activation_quantization = True  # 729 rows a product: int8 units where faster
             _note_fallback(summary, scheme, full, new)
             parent_name, _, child = full.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
