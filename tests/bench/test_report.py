@@ -54,6 +54,10 @@ def test_ratios_are_worked_from_the_same_run() -> None:
     assert t["decode int8 / llama.cpp Q8_0"]["value"] == pytest.approx(30 / 45, abs=1e-3)
     assert not t["decode int8 / llama.cpp Q8_0"]["met"]
     assert t["decode int4 / llama.cpp Q4_0"]["value"] == pytest.approx(40 / 63, abs=1e-3)
+    # the quantized prefills (150 ms against bf16's 100) are the phases that gain least; int4 named first
+    slowest = t["slowest quantized phase vs bf16 (speed-up)"]
+    assert slowest["value"] == pytest.approx(100 / 150, abs=1e-3) and slowest["detail"] == "int4 prefill_ms"
+    assert not slowest["met"]
     # memory: the one-answer peak, not the whole benchmark process's
     memory = t["peak memory answering once, int4 (MB)"]
     assert memory["value"] == 850.0 and memory["met"] and "int8 1100" in memory["detail"]
@@ -63,7 +67,7 @@ def test_missing_peers_give_fewer_targets_and_failures_show_in_the_table() -> No
     doc = _doc()
     doc["results"] = [r for r in doc["results"] if r["impl"] == "ours"]
     names = set(_by_name(doc))
-    assert names == {"peak memory answering once, int4 (MB)"}
+    assert names == {"peak memory answering once, int4 (MB)", "slowest quantized phase vs bf16 (speed-up)"}
     text = report.table(doc)
     assert "| ours fp32 | failed: out of memory |" in text
     assert "| ours bf16 | 5.0 | 400.0 | 10.0 | 100.0 | 520.0 | 1500.0 | - | 20.0 | 3700.0 | 1900.0 | 2300.0 |" in text
@@ -72,7 +76,7 @@ def test_missing_peers_give_fewer_targets_and_failures_show_in_the_table() -> No
 def test_json_holds_results_and_targets(tmp_path) -> None:
     report.write_json(_doc(), tmp_path / "b.json")
     data = json.loads((tmp_path / "b.json").read_text())
-    assert len(data["results"]) == 8 and len(data["targets"]) == 8
+    assert len(data["results"]) == 8 and len(data["targets"]) == 9
 
 
 def test_the_llama_cpp_build_is_printed_under_the_table() -> None:
@@ -83,3 +87,11 @@ def test_the_llama_cpp_build_is_printed_under_the_table() -> None:
     text = report.table(doc)
     assert text.count("llama.cpp build: CPU : AVX2 = 1 | AVX512 = 1") == 1  # once, not per row
     assert "llama.cpp build" not in report.table(_doc())
+
+
+def test_the_vision_tower_is_put_against_openvino() -> None:
+    doc = _doc()
+    doc["results"].append({"impl": "openvino", "precision": "bf16", "vision_ms": 500.0, "peak_rss_mb": 900.0})
+    target = _by_name(doc)["vision bf16 speed-up over OpenVINO bf16"]
+    assert target["value"] == pytest.approx(500 / 400) and target["met"]
+    assert "| openvino bf16 | - | 500.0 |" in report.table(doc)

@@ -69,11 +69,20 @@ def targets(doc: dict) -> list[dict]:
                            f"{b['vision_ms']:.0f} ms vs {hf['vision_ms']:.0f} ms"))
         out.append(_target("decode bf16 / transformers bf16", b["decode_tok_s"] / hf["decode_tok_s"], 1.5, True,
                            f"{b['decode_tok_s']:.1f} vs {hf['decode_tok_s']:.1f} tok/s"))
-    for precision, ggml_type, goal in (("int8", "Q8_0", 1.0), ("int4", "Q4_0", 0.8)):
+    openvino = _find(rows, "openvino", "bf16")
+    if ours["bf16"] and openvino:
+        b = ours["bf16"]
+        out.append(_target("vision bf16 speed-up over OpenVINO bf16", openvino["vision_ms"] / b["vision_ms"], 1.0,
+                           True, f"{b['vision_ms']:.0f} ms vs {openvino['vision_ms']:.0f} ms"))
+    for precision, ggml_type, goal in (("int8", "Q8_0", 1.0), ("int4", "Q4_0", 1.0)):
         if ours[precision] and llama[ggml_type]:
             a, b = ours[precision]["decode_tok_s"], llama[ggml_type]["decode_tok_s"]
             out.append(_target(f"decode {precision} / llama.cpp {ggml_type}", a / b, goal, True,
                                f"{a:.1f} vs {b:.1f} tok/s"))
+    slowest = _slowest_quantized_phase(ours)
+    if slowest:
+        ratio, precision, phase = slowest
+        out.append(_target("slowest quantized phase vs bf16 (speed-up)", ratio, 1.0, True, f"{precision} {phase}"))
     quantized = {p: ours[p]["answer_peak_rss_mb"] for p in ("int8", "int4", "int4-lm") if ours[p]}
     if quantized:
         p = min(quantized, key=quantized.get)
@@ -81,6 +90,18 @@ def targets(doc: dict) -> list[dict]:
         out.append(_target(f"peak memory answering once, {p} (MB)", quantized[p], MEMORY_BUDGET_MB, False,
                            f"all: {listed} MB"))
     return out
+
+
+QUANTIZED_PHASES = (("vision_ms", False), ("prefill_ms", False), ("ttft_ms", False), ("decode_tok_s", True))
+
+
+def _slowest_quantized_phase(ours: dict) -> tuple[float, str, str] | None:
+    """(speed-up over bf16, precision, phase) of the quantized phase that gains least over bf16."""
+    if not ours["bf16"]:
+        return None
+    ratios = [((q[phase] / ours["bf16"][phase]) if rate else (ours["bf16"][phase] / q[phase]), p, phase)
+              for p in ("int8", "int4", "int4-lm") if (q := ours[p]) for phase, rate in QUANTIZED_PHASES]
+    return min(ratios) if ratios else None
 
 
 def _cell(value) -> str:
@@ -117,10 +138,14 @@ def table(doc: dict) -> str:
     lines += [f"llama.cpp build: {info}" for info in builds]
     kernels = doc.get("kernels") or {}
     if kernels and "error" not in kernels:
-        counts = Counter(kernels.values())
+        few_rows = [kernel for key, kernel in kernels.items() if "/rows<=" in key]
+        counts = Counter(few_rows)
         lines.append("Few-row bf16 kernels chosen on this machine: "
-                     + ", ".join(f"{name} for {n} of {len(kernels)} shape buckets" for name, n in sorted(counts.items()))
+                     + ", ".join(f"{name} for {n} of {len(few_rows)} shape buckets" for name, n in sorted(counts.items()))
                      + ".")
+        vision = [f"{key.removeprefix('vision ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("vision ")]
+        if vision:
+            lines.append("Vision tower choices: " + "; ".join(vision) + ".")
     return "\n".join(lines)
 
 

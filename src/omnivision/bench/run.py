@@ -27,8 +27,8 @@ from omnivision.bench.worker import MARK
 from omnivision.kernels.machine import cpu_description
 from omnivision.bench.workload import Workload
 
-PEERS = ("transformers", "llama.cpp")
-PEER_PACKAGES = {"transformers": "transformers", "llama.cpp": "llama_cpp"}
+PEERS = ("transformers", "llama.cpp", "openvino")
+PEER_PACKAGES = {"transformers": "transformers", "llama.cpp": "llama_cpp", "openvino": "openvino"}
 LLAMA_TYPES = ("Q8_0", "Q4_0")
 
 
@@ -59,7 +59,8 @@ SPEED_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16
 def machine() -> dict:
     cpu, flags = cpu_description()
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name, module in (("transformers", "transformers"), ("llama-cpp-python", "llama_cpp")):
+    for name, module in (("transformers", "transformers"), ("llama-cpp-python", "llama_cpp"),
+                         ("openvino", "openvino"), ("nncf", "nncf")):
         if importlib.util.find_spec(module) is not None:
             versions[name] = __import__(module).__version__
     return {"cpu": cpu, "cpu_flags": [f for f in SPEED_FLAGS if f in flags.split()],
@@ -96,6 +97,9 @@ def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
         elif peer == "transformers":
             for precision in [p for p in ("fp32", "bf16") if p in plan.precisions] or ["bf16"]:
                 specs.append(dict(impl=peer, precision=precision, preset=plan.preset, prompt_ids=ids, work=work))
+        elif peer == "openvino":  # the vision tower alone; int8 weights through nncf
+            for precision in ("bf16", "int8"):
+                specs.append(dict(impl=peer, precision=precision, preset=plan.preset, work=work))
         else:
             for ggml_type in LLAMA_TYPES:
                 log(f"preparing the llama.cpp {ggml_type} GGUF")
@@ -112,8 +116,8 @@ def _choose_kernels(specs: list[dict], plan: Plan, log: Callable[[str], None]) -
     if not bf16:
         return {}
     log("choosing this machine's kernels")
-    return _run_worker(dict(impl="tune", precision="bf16", path=bf16[0]["path"], work=bf16[0]["work"]),
-                       plan.timeout_s)
+    paths = [bf16[0]["path"]] + [s["path"] for s in bf16[1:]]
+    return _run_worker(dict(impl="tune", precision="bf16", paths=paths, work=bf16[0]["work"]), plan.timeout_s)
 
 
 def run(plan: Plan, log: Callable[[str], None] = lambda line: None) -> dict:

@@ -21,16 +21,32 @@ from omnivision.model.omnivision import init_weights
 from omnivision.model.projector import Projector
 
 
-def build(config: OmniVisionConfig, dtype: torch.dtype):
-    """(image processor, vision model, projector, language model) of transformers, random weights."""
+def vision_config(config: OmniVisionConfig):
+    """transformers' `SiglipVisionConfig` of the model's tower (SDPA attention)."""
     import transformers
 
-    v, t = config.vision, config.text
-    vision_cfg = transformers.SiglipVisionConfig(
+    v = config.vision
+    return transformers.SiglipVisionConfig(
         hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
         num_attention_heads=v.num_heads, num_channels=v.num_channels, image_size=v.image_size,
         patch_size=v.patch_size, layer_norm_eps=v.layer_norm_eps, hidden_act="gelu_pytorch_tanh",
         attn_implementation="sdpa")
+
+
+def image_processor(config: OmniVisionConfig):
+    """transformers' SigLIP image processor at the model's size (the PIL backend where there is one)."""
+    import transformers
+
+    processor_cls = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
+    return processor_cls(size={"height": config.vision.image_size, "width": config.vision.image_size})
+
+
+def build(config: OmniVisionConfig, dtype: torch.dtype):
+    """(image processor, vision model, projector, language model) of transformers, random weights."""
+    import transformers
+
+    t = config.text
+    vision_cfg = vision_config(config)
     text_cfg = transformers.Qwen2Config(
         vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
@@ -46,9 +62,7 @@ def build(config: OmniVisionConfig, dtype: torch.dtype):
         init_weights(projector)
     finally:
         torch.set_default_dtype(default)
-    processor_cls = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
-    processor = processor_cls(size={"height": v.image_size, "width": v.image_size})
-    return processor, vision, projector.eval(), language
+    return image_processor(config), vision, projector.eval(), language
 
 
 class _TokenTimes:

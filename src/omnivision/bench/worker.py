@@ -30,11 +30,7 @@ def run(spec: dict) -> dict:
 
         return ours.measure(load(spec["path"], dtype=COMPUTE_DTYPES[precision]), work)
     if impl == "tune":
-        from omnivision.loader import load
-        from omnivision.model.linear import choose_kernels
-
-        chosen = choose_kernels(load(spec["path"], dtype=torch.bfloat16).model.decode_weight_shapes())
-        return {f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()}
+        return _tune(spec)
     if impl == "transformers":
         from omnivision.bench import transformers_peer
         from omnivision.bench.prepare import tokenizer_and_config
@@ -42,11 +38,39 @@ def run(spec: dict) -> dict:
         _, config = tokenizer_and_config(spec["preset"])
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         return transformers_peer.measure(config, spec["prompt_ids"], dtype, work)
+    if impl == "openvino":
+        from omnivision.bench import openvino_peer
+        from omnivision.bench.prepare import tokenizer_and_config
+
+        _, config = tokenizer_and_config(spec["preset"])
+        return openvino_peer.measure(config, precision, work)
     if impl == "llama.cpp":
         from omnivision.bench import llama_cpp_peer
 
         return llama_cpp_peer.measure(Path(spec["path"]), spec["prompt_ids"], work)
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _tune(spec: dict) -> dict:
+    """Every kernel choice the measured checkpoints will meet: few-row bf16 products of the language
+    model, then one image through each checkpoint's vision tower (attention precision; int8
+    activations for an int8 tower)."""
+    from omnivision.loader import load
+    from omnivision.model import attention
+    from omnivision.model.linear import choose_kernels
+    from omnivision.quantize import int8_linear
+
+    paths = spec["paths"]
+    chosen = choose_kernels(load(paths[0], dtype=torch.bfloat16).model.decode_weight_shapes())
+    out = {f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()}
+    for path in paths:
+        vlm = load(path, dtype=torch.bfloat16)
+        size = vlm.config.vision.image_size
+        with torch.inference_mode():
+            vlm.model.encode_images(torch.zeros(1, 3, size, size))
+    out.update({f"vision attention h{h}/n{n}/d{d}": kernel for (h, n, d, _), kernel in attention._chosen.items()})
+    out.update({f"vision int8 {n}x{k}": kernel for (n, k, _, _), kernel in int8_linear._chosen.items()})
+    return out
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="measure speed and memory, optionally against transformers and llama.cpp")
+    p = sub.add_parser(name, help="measure speed and memory, optionally against transformers, llama.cpp and OpenVINO")
     p.add_argument("--preset", default="omnivision-968m",
                    help="model shapes to measure, random weights (default omnivision-968m; tiny for a smoke test)")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
