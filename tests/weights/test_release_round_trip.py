@@ -41,6 +41,7 @@ LLM_KEYS = {
     "qwen2.attention.layer_norm_rms_epsilon", "tokenizer.ggml.model", "tokenizer.ggml.pre",
     "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.add_bos_token",
     "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.merges",  # always: llama.cpp refuses a byte-level vocabulary without it
 }
 
 
