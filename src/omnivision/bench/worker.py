@@ -60,11 +60,12 @@ def _tune(spec: dict) -> dict:
     from omnivision.model.linear import choose_kernels
     from omnivision.quantize import int8_linear
 
-    paths = spec["paths"]
-    chosen = choose_kernels(load(paths[0], dtype=torch.bfloat16).model.decode_weight_shapes())
-    out = {f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()}
-    for path in paths:
+    out = {}
+    for i, path in enumerate(spec["paths"]):
         vlm = load(path, dtype=torch.bfloat16)
+        if i == 0:  # the bf16 checkpoint: its weight shapes are every checkpoint's
+            chosen = choose_kernels(vlm.model.decode_weight_shapes())
+            out.update({f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()})
         size = vlm.config.vision.image_size
         with torch.inference_mode():
             vlm.model.encode_images(torch.zeros(1, 3, size, size))
