@@ -32,7 +32,7 @@ def test_tune_chooses_every_shape_once_and_remembers(tmp_path, monkeypatch, caps
     stored = json.loads((tmp_path / "choices.json").read_text())
     stored = {k: v for k, v in stored.items() if "/bf16-few-rows/" in k}
     assert len(stored) == len(rows) > 0 and len(rows) % len(ROW_BUCKETS) == 0
-    assert {entry["choice"] for entry in stored.values()} <= {"F.linear", "weight-major"}
+    assert {entry["choice"] for entry in stored.values()} <= {"F.linear", "weight-major", "compiled-dot"}
     monkeypatch.setattr(linear_module, "_chosen", {})  # a new process
     assert main(["tune", "--threads", "1"]) == 0
     assert capsys.readouterr().out.count("remembered from an earlier run") == len(rows)
@@ -48,6 +48,23 @@ def test_tune_also_makes_the_vision_towers_choices(tmp_path, monkeypatch, capsys
     assert main(["tune", "--threads", "1"]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("vision tower")]
     assert re.match(r"vision tower attention-bf16/h\d+/n\d+/d\d+: sdpa(-fp32)? \(sdpa \d+, sdpa-fp32 \d+\)", line)
+
+
+def test_tune_makes_a_quantized_decoders_one_row_choices(tmp_path, monkeypatch, capsys):
+    from omnivision.loader import BUNDLED
+    from omnivision.quantize import int8_linear
+
+    quantized = tmp_path / "int8"
+    assert main(["quantize", str(BUNDLED), str(quantized), "--scheme", "int8"]) == 0
+    monkeypatch.setenv(TUNING_ENV, "on")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices.json"))
+    monkeypatch.setattr(int8_linear, "_chosen", {})
+    capsys.readouterr()
+    assert main(["tune", "--model", str(quantized), "--threads", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decoder, one token")]
+    shapes = {re.search(r"int8-one-row/(\d+x\d+):", line).group(1) for line in lines}
+    assert lines and all(re.search(r": (int8pack_mm|compiled-dot) \(", line) for line in lines)
+    assert len(shapes) == len(lines)  # each shape timed once
 
 
 def test_tune_with_timing_off_is_an_error(monkeypatch, capsys):

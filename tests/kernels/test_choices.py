@@ -41,7 +41,7 @@ def test_fastest_median_wins_and_is_remembered_on_disk(tmp_path):
     # "b" has one slow outlier but the lower median
     spikes = iter([1.0, 9.0] + [1.0] * 10)  # warm-up, then an outlier in the first round
     assert kc.choose("op", "4x4", candidates(clock, {"a": 2.0, "b": lambda: next(spikes)}, calls)) == "b"
-    assert calls.count("a") == 6 and calls.count("b") == 6  # warm-up + 5 rounds each
+    assert calls.count("a") == 6 and calls.count("b") == 6  # warm-up + 5 rounds each, one call a round
     stored = json.loads((tmp_path / "k.json").read_text())
     (entry,) = stored.values()
     assert entry["choice"] == "b" and entry["median_s"] == {"a": 2.0, "b": 1.0}
@@ -87,3 +87,14 @@ def test_an_unreadable_or_unwritable_cache_only_costs_a_timing(tmp_path):
     (tmp_path / "file").write_text("a file where the folder should be")
     assert KernelChoices(blocked, clock=clock).choose("op", "s", candidates(clock, {"a": 1.0, "b": 2.0}, [])) == "a"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "k.json"]  # no temporary left behind
+
+
+def test_a_fast_kernel_is_called_many_times_a_round(tmp_path):
+    """Microsecond kernels are timed over enough calls that a round lasts `min_sample`, and the
+    median is per call."""
+    clock, calls = FakeClock(), []
+    kc = KernelChoices(tmp_path / "k.json", clock=clock, repeats=3, min_sample=1e-3)
+    assert kc.choose("op", "s", candidates(clock, {"a": 2e-5, "b": 1e-4}, calls)) == "a"
+    assert calls.count("a") == 1 + 3 * 50 and calls.count("b") == 1 + 3 * 50  # 1 ms / 20 us
+    (entry,) = json.loads((tmp_path / "k.json").read_text()).values()
+    assert entry["median_s"] == pytest.approx({"a": 2e-5, "b": 1e-4})

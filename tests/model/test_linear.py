@@ -1,5 +1,5 @@
-"""`model.linear`: the weight-major bf16 path gives F.linear's result for any row count and shape,
-and stays out of the way of autograd."""
+"""`model.linear`: the weight-major and compiled bf16 paths give F.linear's result for any row count
+and shape, and stay out of the way of autograd."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from omnivision.kernels.choices import CHOICES, TUNING_ENV
 from omnivision.model import linear as linear_module
-from omnivision.model.linear import F_LINEAR, FEW_ROWS, WEIGHT_MAJOR, Linear, few_row_kernel, linear
+from omnivision.model.linear import COMPILED_DOT, F_LINEAR, FEW_ROWS, WEIGHT_MAJOR, Linear, few_row_kernel, linear
 
 
-@pytest.mark.parametrize("kernel", [F_LINEAR, WEIGHT_MAJOR])
+@pytest.mark.parametrize("kernel", [F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT])
 @pytest.mark.parametrize("shape", [(1, 96), (1, 1, 96), (4, 96), (2, 3, 96), (FEW_ROWS + 5, 96)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_same_result_as_f_linear(shape, with_bias, kernel, monkeypatch):
@@ -47,7 +47,8 @@ def test_the_kernel_is_chosen_by_timing_once_per_shape_and_row_bucket(tmp_path, 
     monkeypatch.setattr(linear_module, "_chosen", {})
     w = torch.randn(64, 32).bfloat16()
     picked = {m: few_row_kernel(w, m) for m in (1, 5, 16, 17, FEW_ROWS)}
-    assert set(picked.values()) <= {F_LINEAR, WEIGHT_MAJOR}
+    assert set(picked.values()) <= {F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT}
+    assert COMPILED_DOT not in (picked[5], picked[FEW_ROWS])  # compiled only for one row
     assert picked[5] == picked[16] and picked[17] == picked[FEW_ROWS]  # one timing per bucket
     assert len(linear_module._chosen) == 3
     assert len(json.loads((tmp_path / "choices.json").read_text())) == 3

@@ -33,6 +33,20 @@ def test_kernel_forward_matches_dequantised_matmul(dtype, tol):
     assert torch.allclose(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("kernel", ["int8pack_mm", "compiled-dot"])
+def test_one_row_kernels_match_dequantised_matmul(kernel, monkeypatch):
+    from omnivision.quantize import int8_linear
+
+    monkeypatch.setattr(int8_linear, "one_row_kernel", lambda n, k: kernel)
+    linear = nn.Linear(72, 40)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(1, 1, 72)
+    ref = x @ layer.dequantize().t() + linear.bias.detach()  # [1, 1, 40]
+    out = layer(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 1, 40)
+    assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
 def test_fallback_path_and_no_bias():
     linear = nn.Linear(32, 16, bias=False)
     layer = Int8Linear.from_linear(linear)

@@ -54,7 +54,8 @@ def run(spec: dict) -> dict:
 def _tune(spec: dict) -> dict:
     """Every kernel choice the measured checkpoints will meet: few-row bf16 products of the language
     model, then one image through each checkpoint's vision tower (attention precision; int8
-    activations for an int8 tower)."""
+    activations for an int8 tower) and one token through its decoder (one-row int8 products)."""
+    from omnivision.generation.generate import prefill
     from omnivision.loader import load
     from omnivision.model import attention
     from omnivision.model.linear import choose_kernels
@@ -69,8 +70,10 @@ def _tune(spec: dict) -> dict:
         size = vlm.config.vision.image_size
         with torch.inference_mode():
             vlm.model.encode_images(torch.zeros(1, 3, size, size))
+            lm = vlm.model.language
+            prefill(lm, lm.embed(torch.zeros(1, 1, dtype=torch.long)), None, 1)  # one-row products
     out.update({f"vision attention h{h}/n{n}/d{d}": kernel for (h, n, d, _), kernel in attention._chosen.items()})
-    out.update({f"vision int8 {n}x{k}": kernel for (n, k, _, _), kernel in int8_linear._chosen.items()})
+    out.update({f"int8 {kind} {n}x{k}": kernel for (kind, n, k, *_), kernel in int8_linear._chosen.items()})
     return out
 
 

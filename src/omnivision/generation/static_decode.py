@@ -22,7 +22,6 @@ Off CUDA the same step runs eagerly (the tests check it token for token against
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 import weakref
@@ -32,6 +31,7 @@ from typing import Iterator
 import torch
 
 from omnivision.model.kv_cache import PositionedWrite
+from omnivision.kernels.compiled_dot import compile_allowed
 from omnivision.model.qwen2 import Qwen2ForCausalLM
 
 LENGTH_BUCKET = 256
@@ -40,8 +40,6 @@ KEEP_PER_SHAPE = 2
 """Idle decoders kept per (batch, length): one per request decoding at the same time, up to this."""
 WARMUP_STEPS = 3
 """Steps run before a capture (compilation and lazy initialisation must not happen inside it)."""
-COMPILE_ENV = "OMNIVISION_COMPILE"
-"""Set to `off` to capture the eager step on CUDA."""
 
 
 class StaticDecoder:
@@ -169,7 +167,7 @@ def static_decoder(lm: Qwen2ForCausalLM, batch: int, max_len: int) -> Iterator[S
     if decoder is None:
         cuda = device.type == "cuda"
         decoder = StaticDecoder(lm, batch, length, capture=cuda,
-                                compile=cuda and os.environ.get(COMPILE_ENV, "on") != "off")
+                                compile=cuda and compile_allowed())
     try:
         yield decoder
     finally:

@@ -3,7 +3,9 @@ per machine and shape, and keep the answer on disk.
 
 Each candidate is a zero-argument callable doing the whole operation on representative inputs. They
 are timed in turn (one warm-up call each, then `repeats` rounds, interleaved so that a slow moment
-of the machine hits every candidate alike) and the one with the lowest median wins; candidates the
+of the machine hits every candidate alike; a round calls each candidate as many times as its
+fastest warm-up fits in `min_sample` seconds, so that a kernel of a few microseconds is not timed
+by the clock's jitter) and the one with the lowest median per call wins; candidates the
 caller lists first win ties within `noise` (relative), so the default is kept unless another is
 clearly faster. The decision is stored under the machine's key (`machine.machine_key`), the
 operation's name and its shape key, in a JSON file (`OMNIVISION_KERNEL_CACHE`, default
@@ -25,11 +27,29 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
+import torch
+
 from omnivision.kernels.machine import machine_key
 
+STREAM_BYTES = 48 * 2**20
+"""Weights are timed as decoding meets them, streamed from memory: copies are cycled until they pass
+this size (beyond the last-level caches of the CPUs measured)."""
+MAX_COPIES = 64
+MAX_CALLS = 200
+"""The most calls of one candidate in one timed round."""
 CACHE_ENV = "OMNIVISION_KERNEL_CACHE"
 TUNING_ENV = "OMNIVISION_KERNEL_TUNING"
 DEFAULT_CACHE = Path.home() / ".cache" / "omnivision" / "kernel-choices.json"
+
+
+def streamed(*tensors: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A function giving, call after call, the next of enough copies of `tensors` that a timing
+    loop reads them from memory rather than from the caches (see `STREAM_BYTES`)."""
+    size = max(1, sum(t.nbytes for t in tensors))
+    copies = [tensors] + [tuple(t.clone() for t in tensors)
+                          for _ in range(min(MAX_COPIES, max(1, STREAM_BYTES // size)) - 1)]
+    turn = iter(range(1 << 62))
+    return lambda: copies[next(turn) % len(copies)]
 
 
 def tuning_enabled() -> bool:
@@ -42,9 +62,9 @@ def cache_path() -> Path:
 
 class KernelChoices:
     def __init__(self, path: Path | None = None, clock: Callable[[], float] = time.perf_counter,
-                 repeats: int = 5, noise: float = 0.03) -> None:
+                 repeats: int = 7, noise: float = 0.03, min_sample: float = 2e-3) -> None:
         self.path = path
-        self.clock, self.repeats, self.noise = clock, repeats, noise
+        self.clock, self.repeats, self.noise, self.min_sample = clock, repeats, noise, min_sample
         self._lock = threading.Lock()
         self._loaded_from: Path | None = None
         self._entries: dict[str, dict] = {}
@@ -78,14 +98,19 @@ class KernelChoices:
             return self._entries.get(key, {}).get("choice")
 
     def _time(self, candidates: Mapping[str, Callable[[], object]]) -> dict[str, float]:
-        for run in candidates.values():
-            run()  # warm-up: first-call allocations and lazy initialisation
+        warm = []
+        for run in candidates.values():  # warm-up: first-call allocations and lazy initialisation
+            start = self.clock()
+            run()
+            warm.append(self.clock() - start)
+        calls = max(1, min(MAX_CALLS, int(self.min_sample / max(min(warm), 1e-9))))
         samples: dict[str, list[float]] = {name: [] for name in candidates}
         for _ in range(self.repeats):
             for name, run in candidates.items():
                 start = self.clock()
-                run()
-                samples[name].append(self.clock() - start)
+                for _ in range(calls):
+                    run()
+                samples[name].append((self.clock() - start) / calls)
         return {name: statistics.median(times) for name, times in samples.items()}
 
     def _fastest(self, names: list[str], medians: dict[str, float]) -> str:

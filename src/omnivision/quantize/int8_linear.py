@@ -9,6 +9,10 @@ for dequantising to bf16 (1.1 ms) plus an AMX bf16 product, so from `KERNEL_MAX_
 on other devices or dtypes, the forward dequantises the weight slice by slice (`row_blocks`) for
 bf16/fp32 products.
 
+On one row (a decode step) the loop `torch.compile` makes (`kernels.compiled_dot`) competes with
+that kernel; it streams gate/up-shaped weights and the output head faster on the EPYC and loses on
+down-shaped ones, so `one_row_kernel` chooses per machine and shape by timing (`PACKED` by default).
+
 Int8 activations: on layers marked `activation_quantization` (the vision tower's, by
 `quantize_model`) a product of `ACTIVATION_MIN_ROWS` rows or more may instead quantize its input per
 row (token) to int8 at run time, multiply on the CPU's int8 units with `torch._int_mm` (int32
@@ -27,7 +31,8 @@ import os
 import torch
 from torch import nn
 
-from omnivision.kernels.choices import CHOICES
+from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
+from omnivision.kernels.compiled_dot import compiled
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
@@ -38,9 +43,10 @@ ACTIVATION_TIMED_ROWS = 729
 """Rows the choice is timed at: one image through the vision tower."""
 ACTIVATIONS_ENV = "OMNIVISION_INT8_ACTIVATIONS"
 DEQUANTISE, INT8_ACTIVATIONS = "dequantise", "int8-activations"
+PACKED, COMPILED_DOT = "int8pack_mm", "compiled-dot"
 
 _chosen: dict[tuple, str] = {}
-"""This process's choices by (N, K, dtype, threads), so the hot path asks the disk cache once."""
+"""This process's choices by (kind, N, K, dtype, threads), so the hot path asks the disk cache once."""
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +123,11 @@ class Int8Linear(nn.Module):
         rows = x.numel() // self.in_features
         if x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS:
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self._bf16_scales())
+            one_row = rows == 1 and one_row_kernel(self.out_features, self.in_features) == COMPILED_DOT
+            if one_row and (dot := compiled("int8")) is not None:
+                out = dot(flat, self.qweight, self.scales)  # [1, N]
+            else:
+                out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self._bf16_scales())
             out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
             return out if self.bias is None else out + self.bias.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -138,9 +148,35 @@ class Int8Linear(nn.Module):
 
 
 @torch.inference_mode()
+def one_row_kernel(n: int, k: int) -> str:
+    """PACKED or COMPILED_DOT for one row times an [N, K] int8 weight on this machine."""
+    key = ("one-row", n, k, torch.get_num_threads())
+    if key not in _chosen:
+        dot = compiled("int8") if tuning_enabled() else None
+        if dot is None:
+            _chosen[key] = PACKED
+            return PACKED
+        qweight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scales = torch.full((n,), 0.01)
+        next_weight = streamed(qweight, scales, scales.to(torch.bfloat16))
+        x = torch.randn(1, k, dtype=torch.bfloat16)
+
+        def packed():
+            q, _, bf16_scales = next_weight()
+            return torch.ops.aten._weight_int8pack_mm(x, q, bf16_scales)
+
+        def compiled_dot():
+            q, s, _ = next_weight()
+            return dot(x, q, s)
+
+        _chosen[key] = CHOICES.choose("int8-one-row", f"{n}x{k}", {PACKED: packed, COMPILED_DOT: compiled_dot})
+    return _chosen[key]
+
+
+@torch.inference_mode()
 def many_row_kernel(n: int, k: int, dtype: torch.dtype) -> str:
     """DEQUANTISE or INT8_ACTIVATIONS for a marked [N, K] layer on many rows on this machine."""
-    key = (n, k, dtype, torch.get_num_threads())
+    key = ("many-rows", n, k, dtype, torch.get_num_threads())
     if key not in _chosen:
         layer = Int8Linear(k, n, bias=True, dtype=dtype)
         layer.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
