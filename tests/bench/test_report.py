@@ -95,3 +95,20 @@ def test_the_vision_tower_is_put_against_openvino() -> None:
     target = _by_name(doc)["vision bf16 speed-up over OpenVINO bf16"]
     assert target["value"] == pytest.approx(500 / 400) and target["met"]
     assert "| openvino bf16 | - | 500.0 |" in report.table(doc)
+
+
+def test_on_a_machine_without_native_bf16_the_targets_are_against_fp32() -> None:
+    doc = _doc()
+    rows = [r for r in doc["results"] if r["precision"] not in ("bf16", "fp32")]
+    rows.append({**_doc()["results"][0], "precision": "fp32", "ttft_ms": 900.0, "decode_tok_s": 8.0})
+    rows.append({**_doc()["results"][3], "precision": "fp32", "ttft_ms": 1800.0, "decode_tok_s": 5.0})
+    doc.update(results=rows, machine={**doc["machine"], "default_precision": "fp32",
+                                      "cpu_flags": ["avx2", "fma"], "torch_cpu_capability": "AVX2",
+                                      "onednn_max_isa": "AVX2"})
+    t = _by_name(doc)
+    assert not any("bf16" in name for name in t)
+    assert t["TTFT fp32 / transformers fp32"]["value"] == pytest.approx(0.5)
+    assert t["decode fp32 / transformers fp32"]["value"] == pytest.approx(1.6)
+    # int4 prefill 150 ms against fp32's 100: the quantized phases are held to the fp32 ones
+    assert t["slowest quantized phase vs fp32 (speed-up)"]["value"] == pytest.approx(100 / 150, abs=1e-3)
+    assert "oneDNN up to AVX2; unquantized precision fp32" in report.table(doc)

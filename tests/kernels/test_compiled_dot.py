@@ -59,3 +59,13 @@ def test_a_wrong_compiled_kernel_is_refused(monkeypatch, fresh):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: (lambda *args: fn(*args) + 1))
     with pytest.warns(UserWarning, match="disagrees"):
         assert compiled("bf16") is None
+
+
+def test_a_kernel_wrong_on_one_shape_is_not_verified_there():
+    from omnivision.kernels.compiled_dot import verified
+
+    x, w = torch.randn(1, 40).bfloat16(), torch.randn(24, 40).bfloat16()
+    want = F.linear(x, w)
+    assert verified(lambda a, b: F.linear(a, b), want, x, w)
+    with pytest.warns(UserWarning, match="wrong on a 24x40 weight"):
+        assert not verified(lambda a, b: F.linear(a, b) * float("nan"), want, x, w)

@@ -38,12 +38,23 @@ def test_one_row_kernels_match_dequantised_matmul(kernel, monkeypatch):
     from omnivision.quantize import int8_linear
 
     monkeypatch.setattr(int8_linear, "one_row_kernel", lambda n, k: kernel)
-    linear = nn.Linear(72, 40)
+    linear = nn.Linear(80, 40)
     layer = Int8Linear.from_linear(linear)
-    x = torch.randn(1, 1, 72)
+    x = torch.randn(1, 1, 80)
     ref = x @ layer.dequantize().t() + linear.bias.detach()  # [1, 1, 40]
     out = layer(x.bfloat16())
     assert out.dtype == torch.bfloat16 and out.shape == (1, 1, 40)
+    assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("in_features", [72, 17, 104])
+def test_in_features_torchs_packed_kernel_cannot_take_are_dequantised(in_features):
+    """torch 2.13's `_weight_int8pack_mm` returns garbage or crashes unless K is a multiple of 16."""
+    linear = nn.Linear(in_features, 48)
+    layer = Int8Linear.from_linear(linear)
+    x = torch.randn(1, in_features)
+    ref = x @ layer.dequantize().t() + linear.bias.detach()
+    out = layer(x.bfloat16())
     assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
 
 

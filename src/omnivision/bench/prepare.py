@@ -27,8 +27,9 @@ PRECISIONS = ("fp32", "bf16", "int8", "int4", "int4-lm")
 SCHEMES = {"int8": ("int8", ("language", "projector", "vision")),
            "int4": ("int4", ("language", "projector", "vision")), "int4-lm": ("int4", ("language",))}
 """Quantized precisions: scheme (int4 with this project's default group size, 128) and parts."""
-COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "bfloat16", "int4": "bfloat16",
-                  "int4-lm": "bfloat16"}
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "auto", "int4": "auto", "int4-lm": "auto"}
+"""Quantized checkpoints compute as `--dtype auto` does: bf16 where the CPU computes it natively,
+else fp32 (a bf16 product without the instructions runs ~100x slower than fp32)."""
 CACHE_VERSION = 5
 """Bumped when what a cached entry holds changes."""
 

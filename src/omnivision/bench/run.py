@@ -25,6 +25,7 @@ from omnivision.bench import prepare
 from omnivision.bench.bandwidth import read_bandwidth_gbs
 from omnivision.bench.worker import MARK
 from omnivision.kernels.machine import cpu_description
+from omnivision.loader import resolve_dtype
 from omnivision.bench.workload import Workload
 
 PEERS = ("transformers", "llama.cpp", "openvino")
@@ -41,6 +42,9 @@ class Plan:
     work: Workload = field(default_factory=Workload)
     seed: int = 0
     timeout_s: float = 3600.0
+    llama_cpp_dir: Path | None = None
+    """Another build of llama-cpp-python (`pip install --target`), put first on the llama.cpp
+    workers' path: e.g. one built for AVX2 only."""
 
     def __post_init__(self) -> None:
         bad = [p for p in self.precisions if p not in prepare.PRECISIONS]
@@ -49,6 +53,8 @@ class Plan:
         unknown = [a for a in self.against if a not in PEERS]
         if unknown:
             raise ValueError(f"unknown peer {unknown[0]!r}; use {' or '.join(PEERS)}")
+        if self.llama_cpp_dir is not None and not (Path(self.llama_cpp_dir) / "llama_cpp").is_dir():
+            raise ValueError(f"--llama-cpp-dir {self.llama_cpp_dir} holds no llama_cpp package")
 
 
 SPEED_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
@@ -63,16 +69,22 @@ def machine() -> dict:
                          ("openvino", "openvino"), ("nncf", "nncf")):
         if importlib.util.find_spec(module) is not None:
             versions[name] = __import__(module).__version__
+    default = "bf16" if resolve_dtype("auto") == torch.bfloat16 else "fp32"
     return {"cpu": cpu, "cpu_flags": [f for f in SPEED_FLAGS if f in flags.split()],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "default_precision": default,
             "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "system": platform.platform(), "versions": versions}
 
 
-def _run_worker(spec: dict, timeout_s: float) -> dict:
+def _run_worker(spec: dict, timeout_s: float, first_on_path: Path | None = None) -> dict:
+    env = None
+    if first_on_path is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(first_on_path),
+                                                                         os.environ.get("PYTHONPATH")]))}
     try:
         proc = subprocess.run([sys.executable, "-m", "omnivision.bench.worker", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout_s)
+                              capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -95,7 +107,8 @@ def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
         if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
             specs.append(dict(impl=peer, precision="-", skipped=f"{PEER_PACKAGES[peer]} is not installed"))
         elif peer == "transformers":
-            for precision in [p for p in ("fp32", "bf16") if p in plan.precisions] or ["bf16"]:
+            default = "bf16" if resolve_dtype("auto") == torch.bfloat16 else "fp32"
+            for precision in [p for p in ("fp32", "bf16") if p in plan.precisions] or [default]:
                 specs.append(dict(impl=peer, precision=precision, preset=plan.preset, prompt_ids=ids, work=work))
         elif peer == "openvino":  # the vision tower alone; int8 weights through nncf
             for precision in ("bf16", "int8"):
@@ -112,12 +125,12 @@ def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
 def _choose_kernels(specs: list[dict], plan: Plan, log: Callable[[str], None]) -> dict:
     """This machine's kernel choices for the bf16 shapes, made in a worker of their own before any
     measurement (so no measured phase, and no peak memory figure, carries the one-off timing)."""
-    bf16 = [s for s in specs if s["impl"] == "ours" and prepare.COMPUTE_DTYPES[s["precision"]] == "bfloat16"]
-    if not bf16:
+    tuned = [s for s in specs if s["impl"] == "ours" and s["precision"] != "fp32"]
+    if not tuned:
         return {}
     log("choosing this machine's kernels")
-    paths = [bf16[0]["path"]] + [s["path"] for s in bf16[1:]]
-    return _run_worker(dict(impl="tune", precision="bf16", paths=paths, work=bf16[0]["work"]), plan.timeout_s)
+    return _run_worker(dict(impl="tune", precision="-", paths=[s["path"] for s in tuned],
+                            precisions=[s["precision"] for s in tuned], work=tuned[0]["work"]), plan.timeout_s)
 
 
 def run(plan: Plan, log: Callable[[str], None] = lambda line: None) -> dict:
@@ -133,7 +146,8 @@ def run(plan: Plan, log: Callable[[str], None] = lambda line: None) -> dict:
         else:
             log(f"measuring {spec['impl']} {spec['precision']}")
             start = time.perf_counter()
-            row.update(_run_worker(spec, plan.timeout_s))
+            row.update(_run_worker(spec, plan.timeout_s,
+                                   plan.llama_cpp_dir if spec["impl"] == "llama.cpp" else None))
             row["wall_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
     log("measuring the memory bandwidth")

@@ -55,18 +55,20 @@ def _tune(spec: dict) -> dict:
     """Every kernel choice the measured checkpoints will meet: few-row bf16 products of the language
     model, then one image through each checkpoint's vision tower (attention precision; int8
     activations for an int8 tower) and one token through its decoder (one-row int8 products)."""
+    from omnivision.bench.prepare import COMPUTE_DTYPES
     from omnivision.generation.generate import prefill
     from omnivision.loader import load
     from omnivision.model import attention
     from omnivision.model.linear import choose_kernels
     from omnivision.quantize import int8_linear
 
-    out = {}
-    for i, path in enumerate(spec["paths"]):
-        vlm = load(path, dtype=torch.bfloat16)
-        if i == 0:  # the bf16 checkpoint: its weight shapes are every checkpoint's
+    out, bf16_done = {}, False
+    for path, precision in zip(spec["paths"], spec["precisions"]):
+        vlm = load(path, dtype=COMPUTE_DTYPES[precision])
+        if vlm.dtype == torch.bfloat16 and not bf16_done:  # every checkpoint has the same weight shapes
             chosen = choose_kernels(vlm.model.decode_weight_shapes())
             out.update({f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()})
+            bf16_done = True
         size = vlm.config.vision.image_size
         with torch.inference_mode():
             vlm.model.encode_images(torch.zeros(1, 3, size, size))

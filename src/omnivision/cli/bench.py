@@ -31,6 +31,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--workdir", type=Path, default=Plan.workdir,
                    help="where the benchmark's checkpoints and GGUF files are made and kept")
+    p.add_argument("--llama-cpp-dir", type=Path, metavar="DIR",
+                   help="a folder holding another build of llama-cpp-python (pip install --target DIR), "
+                        "used by the llama.cpp measurements instead of the installed one")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every figure and the targets as JSON")
     p.add_argument("--png", type=Path, metavar="FILE", help="draw TTFT, decode speed and memory")
     p.set_defaults(handler=run)
@@ -40,7 +43,7 @@ def run(args) -> int:
     work = Workload(runs=args.runs, decode_tokens=args.decode_tokens, answer_tokens=args.answer_tokens,
                     threads=args.threads)
     plan = Plan(preset=args.preset, precisions=_names(args.precisions), against=tuple(dict.fromkeys(args.against)),
-                workdir=args.workdir, work=work)
+                workdir=args.workdir, work=work, llama_cpp_dir=args.llama_cpp_dir)
     doc = run_plan(plan, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(report.table(doc))
     if args.json:

@@ -12,7 +12,8 @@ the per-machine kernel choices (`model.linear`, `quantize.int8_linear`), never f
 Each is compiled once per process with dynamic shapes (one kernel for every weight shape and row
 count); inductor's on-disk cache makes the compile short in later processes. Where compiling is
 off (`OMNIVISION_COMPILE=off`) or fails (no C++ compiler), `compiled` returns None once a warning
-has said why, and the callers keep torch's kernels.
+has said why, and the callers keep torch's kernels. A kernel is checked against the eager function
+when compiled and against torch's product on each weight shape before it may be chosen (`verified`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,25 @@ def compiled(name: str) -> Callable | None:
         return _compiled[name]
 
 
+def agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether a compiled product matches torch's within bf16 rounding of its largest value."""
+    scale = want.float().abs().max().item()
+    return bool(torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=2 ** -7 * scale + 1e-6))
+
+
+def verified(kernel: Callable, want: torch.Tensor, *inputs: torch.Tensor) -> bool:
+    """Whether `kernel(*inputs)` gives `want` (torch's result on the same inputs); a warning when not.
+
+    Checked on every weight shape before a compiled kernel may be chosen for it: with torch 2.13
+    under `ATEN_CPU_CAPABILITY=avx2`, inductor's dynamic-shape reduction gave wrong sums (NaN)."""
+    if agrees(kernel(*inputs), want):
+        return True
+    shape = "x".join(map(str, inputs[1].shape))
+    warnings.warn(f"the compiled one-row product is wrong on a {shape} weight: torch's kernel is kept",
+                  stacklevel=3)
+    return False
+
+
 def _compile(name: str) -> Callable | None:
     if not compile_allowed():
         return None
@@ -77,7 +97,7 @@ def _compile(name: str) -> Callable | None:
         warnings.warn(f"one-row products stay on torch's kernels: torch.compile failed "
                       f"({type(err).__name__}: {str(err)[:200]})", stacklevel=3)
         return None
-    if not torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-2):
+    if not agrees(got, want):
         warnings.warn(f"one-row products stay on torch's kernels: the compiled {name} product "
                       f"disagrees with the eager one", stacklevel=3)
         return None

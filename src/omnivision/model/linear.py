@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
-from omnivision.kernels.compiled_dot import compiled
+from omnivision.kernels.compiled_dot import compiled, verified
 
 FEW_ROWS = 128
 """Up to this many rows the kernel is chosen per machine (see the module docstring)."""
@@ -66,7 +66,7 @@ def few_row_kernel(weight: torch.Tensor, m: int) -> str:
         op = "bf16-few-rows"
         if top == 1 and tuning_enabled():  # a process that cannot compile keeps its choice apart
             dot = compiled("bf16")
-            if dot is None:
+            if dot is None or not verified(dot, F.linear(x, weight), x, weight):
                 op += "-eager"
             else:
                 candidates[COMPILED_DOT] = run(dot)

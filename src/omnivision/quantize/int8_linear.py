@@ -7,7 +7,8 @@ activations are rounded to bf16 for it, because its fp32 path measured ~6x slowe
 error. The kernel pays off only for a few rows: on 111 rows (a prompt) it took 6.9 ms against 2.1 ms
 for dequantising to bf16 (1.1 ms) plus an AMX bf16 product, so from `KERNEL_MAX_ROWS` rows on, and
 on other devices or dtypes, the forward dequantises the weight slice by slice (`row_blocks`) for
-bf16/fp32 products.
+bf16/fp32 products. So does a layer whose in_features is not a multiple of 16, on which torch's
+kernel reads out of bounds (`PACKED_K_MULTIPLE`).
 
 On one row (a decode step) the loop `torch.compile` makes (`kernels.compiled_dot`) competes with
 that kernel; it streams gate/up-shaped weights and the output head faster on the EPYC and loses on
@@ -32,11 +33,14 @@ import torch
 from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
-from omnivision.kernels.compiled_dot import compiled
+from omnivision.kernels.compiled_dot import compiled, verified
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 KERNEL_MAX_ROWS = 32
+PACKED_K_MULTIPLE = 16
+"""`_weight_int8pack_mm` reads past its input when in_features is not a multiple of 16 (torch 2.13:
+garbage sums or a segmentation fault for 72, 104, 17, ...); such layers dequantise instead."""
 ACTIVATION_MIN_ROWS = 256
 """From this many rows on, a layer marked `activation_quantization` may use int8 activations."""
 ACTIVATION_TIMED_ROWS = 729
@@ -121,7 +125,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS:
+        if (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS
+                and self.in_features % PACKED_K_MULTIPLE == 0):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
             one_row = rows == 1 and one_row_kernel(self.out_features, self.in_features) == COMPILED_DOT
             if one_row and (dot := compiled("int8")) is not None:
@@ -153,13 +158,14 @@ def one_row_kernel(n: int, k: int) -> str:
     key = ("one-row", n, k, torch.get_num_threads())
     if key not in _chosen:
         dot = compiled("int8") if tuning_enabled() else None
-        if dot is None:
-            _chosen[key] = PACKED
-            return PACKED
         qweight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
         scales = torch.full((n,), 0.01)
-        next_weight = streamed(qweight, scales, scales.to(torch.bfloat16))
         x = torch.randn(1, k, dtype=torch.bfloat16)
+        if dot is None or not verified(dot, torch.ops.aten._weight_int8pack_mm(x, qweight, scales.to(torch.bfloat16)),
+                                       x, qweight, scales):
+            _chosen[key] = PACKED
+            return PACKED
+        next_weight = streamed(qweight, scales, scales.to(torch.bfloat16))
 
         def packed():
             q, _, bf16_scales = next_weight()
