@@ -112,3 +112,13 @@ def test_on_a_machine_without_native_bf16_the_targets_are_against_fp32() -> None
     # int4 prefill 150 ms against fp32's 100: the quantized phases are held to the fp32 ones
     assert t["slowest quantized phase vs fp32 (speed-up)"]["value"] == pytest.approx(100 / 150, abs=1e-3)
     assert "oneDNN up to AVX2; unquantized precision fp32" in report.table(doc)
+
+
+def test_the_kernel_choices_are_summed_up_under_the_table() -> None:
+    kernels = {"896x896/rows<=1": "compiled-dot", "896x896/rows<=16": "F.linear",
+               "4864x896/rows<=1": "compiled-dot", "vision attention h16/n729/d72": "sdpa",
+               "int8 one-row 4864x896": "compiled-dot", "int8 many-rows 4304x1152": "int8-activations"}
+    text = report.table(_doc(kernels=kernels))
+    assert "F.linear for 1 of 3 shape buckets, compiled-dot for 2 of 3 shape buckets" in text
+    assert "Vision tower choices: attention h16/n729/d72: sdpa." in text
+    assert "one-row 4864x896: compiled-dot; many-rows 4304x1152: int8-activations." in text

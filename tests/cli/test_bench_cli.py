@@ -37,7 +37,7 @@ def test_bench_on_the_tiny_preset(tmp_path, capsys, monkeypatch) -> None:
     assert "TTFT bf16 / transformers bf16" in targets and "peak memory answering once, int4 (MB)" in targets
     assert doc["workload"] == {"runs": 1, "decode_tokens": 4, "answer_tokens": 3, "threads": 1}
     # the kernels were chosen before any measurement, for every bf16 shape bucket of the model
-    assert doc["kernels"] and set(doc["kernels"].values()) <= {"F.linear", "weight-major"}
+    assert doc["kernels"] and set(doc["kernels"].values()) <= {"F.linear", "weight-major", "compiled-dot"}
     assert "Few-row bf16 kernels chosen on this machine" in out
     # the machine is named with the features that decide kernel speed
     assert doc["machine"]["torch_cpu_capability"] in out and "CPU features:" in out

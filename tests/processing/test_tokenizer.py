@@ -114,6 +114,19 @@ def test_gguf_metadata_rejects_other_vocabularies() -> None:
         Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.pre": "smollm"})
 
 
+def test_a_merge_naming_an_unknown_token_is_a_value_error(qwen_tokenizer: Tokenizer) -> None:
+    """A damaged GGUF merge used to surface as tokenizers' bare Exception (issue 17)."""
+    meta = qwen_tokenizer.to_gguf_metadata()
+    merges = list(meta["tokenizer.ggml.merges"])
+    merges[7] = "Ġ .List\x7f"  # one part not in the vocabulary
+    with pytest.raises(ValueError, match=r"merge 7 .* not in the vocabulary"):
+        Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.merges": merges})
+    merges[7] = "Ġ Ġ"
+    merges[9] = "Hello Hello"  # both parts known, their merge is not a token
+    with pytest.raises(ValueError, match="'HelloHello', which is not in the vocabulary"):
+        Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.merges": merges})
+
+
 def _stream(tok: Tokenizer, ids: list[int]) -> list[str]:
     dec = StreamDecoder(tok)
     pieces = [dec.push(i) for i in ids]

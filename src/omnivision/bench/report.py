@@ -153,6 +153,9 @@ def table(doc: dict) -> str:
         vision = [f"{key.removeprefix('vision ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("vision ")]
         if vision:
             lines.append("Vision tower choices: " + "; ".join(vision) + ".")
+        int8 = [f"{key.removeprefix('int8 ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("int8 ")]
+        if int8:
+            lines.append("int8 products (one-row: decoding; many-rows: the vision tower): " + "; ".join(int8) + ".")
     return "\n".join(lines)
 
 

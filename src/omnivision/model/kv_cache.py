@@ -8,7 +8,10 @@ attention mask. The cache knows nothing about attention itself.
 grows by one each step. `PositionedWrite` is the same buffers seen with the position in a tensor:
 it writes there and hands back the whole buffers, so every step has the same shapes and can be
 captured once as a CUDA graph or compiled once (`generation/static_decode.py`); the caller masks
-the positions not yet written.
+the positions not yet written. `RowWrite` gives each of the first n rows a position of its own, so
+sequences of different lengths decode in one batch and join or leave it between steps
+(`generation/decode_batch.py`); `KVCache.row` is one row as a cache of its own, for prefilling a
+sequence into its row alone.
 """
 
 from __future__ import annotations
@@ -39,6 +42,20 @@ class KVCache:
         """Called once per forward pass, after every layer has written `steps` positions."""
         self.length += steps
 
+    def row(self, index: int) -> KVCache:
+        """Row `index` as a one-row cache sharing these buffers, empty (length 0)."""
+        view = KVCache.__new__(KVCache)
+        view.keys = [k[index:index + 1] for k in self.keys]
+        view.values = [v[index:index + 1] for v in self.values]
+        view.max_len, view.length = self.max_len, 0
+        return view
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy the first `length` positions of row `source` into row `target`, in every layer."""
+        for buffers in (self.keys, self.values):
+            for b in buffers:
+                b[target, :, :length] = b[source, :, :length]
+
 
 class PositionedWrite:
     """A `KVCache`'s buffers, written at `index` (a one-element long tensor the caller owns)."""
@@ -54,3 +71,27 @@ class PositionedWrite:
 
     def advance(self, steps: int) -> None:
         self.index.add_(steps)
+
+
+class RowWrite:
+    """A `KVCache`'s first n rows, row i written at position lengths[i] (lengths [n] long, the
+    caller's, advanced in place; one step writes one position per row). Attention reads the first
+    `span` positions of each row (at least the longest row's length + 1); the caller masks the
+    positions a row has not written."""
+
+    def __init__(self, cache: KVCache, lengths: torch.Tensor, span: int) -> None:
+        if span > cache.max_len or int(lengths.max()) >= span:
+            raise ValueError(f"KV cache overflow: a row needs position {int(lengths.max())}, "
+                             f"{min(span, cache.max_len)} available")
+        self.keys, self.values, self.lengths, self.span = cache.keys, cache.values, lengths, span
+        self.rows = torch.arange(lengths.shape[0], device=lengths.device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [n, kv_heads, 1, hd] at each row's position; return [n, kv_heads, span, hd]."""
+        n = self.rows.shape[0]
+        self.keys[layer][self.rows, :, self.lengths] = k[:, :, 0]
+        self.values[layer][self.rows, :, self.lengths] = v[:, :, 0]
+        return self.keys[layer][:n, :, :self.span], self.values[layer][:n, :, :self.span]
+
+    def advance(self, steps: int) -> None:
+        self.lengths += steps

@@ -89,20 +89,27 @@ class Tokenizer:
         if len(types) != len(tokens):
             raise ValueError(f"{len(tokens)} tokens but {len(types)} token types")
         control = {t for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL}
+        vocab: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            vocab.setdefault(t, i)
         merges = []
-        for m in metadata.get("tokenizer.ggml.merges", []):
+        for n, m in enumerate(metadata.get("tokenizer.ggml.merges", [])):
             m = m.decode("utf-8") if isinstance(m, bytes) else str(m)
             parts = m.split(" ")
             if len(parts) != 2:
                 raise ValueError(f"malformed merge {m!r}")
             if parts[0] in control and parts[1] in control:
                 continue  # never applies (see the module docstring)
+            # tokenizers refuses such a merge with a bare Exception; name it here instead
+            missing = next((t for t in (parts[0], parts[1], parts[0] + parts[1]) if t not in vocab), None)
+            if missing is not None:
+                raise ValueError(f"tokenizer merge {n} ({m!r}) names {missing!r}, which is not in the vocabulary")
             merges.append((parts[0], parts[1]))
 
-        vocab: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            vocab.setdefault(t, i)
-        backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        try:
+            backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exceptions for bad models
+            raise ValueError(f"the GGUF tokenizer cannot be built: {err}") from None
         if nfc:
             backend.normalizer = normalizers.NFC()
         backend.pre_tokenizer = qwen2_pre_tokenizer()
