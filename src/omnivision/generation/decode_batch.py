@@ -91,6 +91,10 @@ class DecodeBatch:
         self._admitting = Admission(self, key, embeds, chunk)
         return self._admitting
 
+    def abandon_admission(self) -> None:
+        """Give up the admission under way, if any (its prompt is never joined)."""
+        self._admitting = None
+
     def _join(self, key: Hashable, length: int) -> None:
         row = self.running
         self.cache.move_row(self.max_rows, row, length)

@@ -105,7 +105,7 @@ def decode_step(lm: Qwen2ForCausalLM, tokens: torch.Tensor, state: Decoding) -> 
     return lm.logits(hidden[:, -1])
 
 
-def _check_fits(model: OmniVisionModel, batch: Sequence[Sequence[int]], cfg: GenerationConfig) -> int:
+def check_fits(model: OmniVisionModel, batch: Sequence[Sequence[int]], cfg: GenerationConfig) -> int:
     """The longest prompt's length, after checking that every row has one and that it fits."""
     if not batch or any(len(ids) == 0 for ids in batch):
         raise ValueError("every prompt needs at least one token")
@@ -117,7 +117,7 @@ def _check_fits(model: OmniVisionModel, batch: Sequence[Sequence[int]], cfg: Gen
     return longest
 
 
-def _seen_tokens(ids: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:
+def seen_tokens(ids: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:
     """[B, V] bool: which tokens each row's prompt holds (for the repetition penalty)."""
     seen = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=ids.device)
     for row in range(ids.shape[0]):
@@ -125,7 +125,7 @@ def _seen_tokens(ids: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Te
     return seen
 
 
-def _choose(logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor | None, generator,
+def choose(logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor | None, generator,
             hooks: StepHooks | None) -> torch.Tensor:
     """The next token [B] of every row, from logits [B, V], through the hooks when given."""
     if hooks is None:
@@ -144,7 +144,7 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
     batch: the prompt ids of each row, image placeholders already expanded.
     image_embeds: [N, K, D] for all placeholders of the batch in row-major order, or None.
     """
-    longest = _check_fits(model, batch, cfg)
+    longest = check_fits(model, batch, cfg)
     if cfg.max_new_tokens == 0:
         return
     device = model.device
@@ -154,7 +154,7 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
     generator = None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
     seen = None  # [B, V] bool, kept only for a repetition penalty
     if cfg.sampling.repetition_penalty != 1.0:
-        seen = _seen_tokens(ids, valid, model.config.text.vocab_size)
+        seen = seen_tokens(ids, valid, model.config.text.vocab_size)
     stops = torch.tensor(cfg.stop_token_ids or [-1], device=device)
     lm, max_len = model.language, longest + cfg.max_new_tokens
     with static_decoder(lm, b, max_len) as fixed:  # None off CUDA
@@ -164,7 +164,7 @@ def generate_steps(model: OmniVisionModel, batch: Sequence[Sequence[int]],
             fixed.start(state.cache.length, state.next_positions, state.key_valid)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         for step in range(cfg.max_new_tokens):
-            tokens = _choose(logits, cfg, seen, generator, hooks)  # [B]
+            tokens = choose(logits, cfg, seen, generator, hooks)  # [B]
             finished |= torch.isin(tokens, stops)
             out = {row: int(tokens[row]) for row in range(b) if not finished[row]}
             if not out:
