@@ -2,14 +2,15 @@
 
     python scripts/serve_load.py                                  # the bundled nano model
     omnivision init --preset omnivision-968m --random-weights /tmp/omni968 --dtype bfloat16
-    python scripts/serve_load.py --model /tmp/omni968 --max-tokens 32
+    python scripts/serve_load.py --model /tmp/omni968 --max-batch 1,8 --threads 2
 
-Starts the server in this process on a free loopback port (uvicorn in a thread, the same app as
-`omnivision serve`), then for each concurrency level keeps that many streaming clients busy until
-`--requests-per-client` questions each have been answered. Every question carries a different
-random 384x384 PNG, so the image-embedding cache never helps. Prints one Markdown row per level:
-requests/s, generated tokens/s, p50 / p99 time to first token and p50 end-to-end latency, measured
-on the client side.
+For each `--max-batch` value, starts the server in this process on a free loopback port (uvicorn in
+a thread, the same app as `omnivision serve`), then for each concurrency level keeps that many
+streaming clients busy, closed loop (a client asks its next question when its last answer ends),
+until `--requests-per-client` questions each have been answered. Every question carries a different
+random 384x384 PNG, so the image-embedding cache never helps. Prints one Markdown row per setting
+and level: requests/s, completion tokens/s (all completion tokens over the level's wall time), p50 /
+p99 time to first token and p50 end-to-end latency, measured on the client side.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import asyncio
 import base64
 import io
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -31,6 +31,7 @@ import torch
 import uvicorn
 from PIL import Image
 
+from omnivision.kernels.machine import describe
 from omnivision.loader import BUNDLED, load
 from omnivision.serve.app import create_app
 from omnivision.serve.settings import ServerSettings
@@ -84,10 +85,11 @@ async def _level(base: str, concurrency: int, per_client: int, max_tokens: int, 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model source (default: the bundled nano model)")
-    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--requests-per-client", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--slots", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-batch", "--slots", dest="max_batch", default="1",
+                   help="comma-separated server settings to measure, in one run (default 1)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -95,24 +97,24 @@ def main() -> int:
     vlm = load(args.model or BUNDLED)
     levels = [int(c) for c in args.concurrency.split(",")]
     images = [_image_url(seed, vlm.config.vision.image_size) for seed in range(max(levels) * args.requests_per_client + 1)]
-    server = uvicorn.Server(uvicorn.Config(create_app(vlm, ServerSettings(slots=args.slots, queue=256)),
-                                           host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    asyncio.run(_level(base, 1, 1, args.max_tokens, images[-1:]))  # warm-up
-    print(f"model: {args.model or 'bundled nano'}; slots {args.slots}; {args.max_tokens} tokens per answer; "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads\n")
-    print("| concurrency | requests | requests/s | tokens/s | TTFT p50 s | TTFT p99 s | e2e p50 s |")
-    print("|---|---|---|---|---|---|---|")
-    for c in levels:
-        r = asyncio.run(_level(base, c, args.requests_per_client, args.max_tokens, images))
-        print(f"| {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | {r['ttft_p50']:.3f} | "
-              f"{r['ttft_p99']:.3f} | {r['e2e_p50']:.3f} |", flush=True)
-    server.should_exit = True
-    thread.join(timeout=30)
+    print(f"model: {args.model or 'bundled nano'} ({vlm.dtype}); {args.max_tokens} tokens per answer; {describe()}\n")
+    print("| max batch | concurrency | requests | requests/s | completion tokens/s | TTFT p50 s | TTFT p99 s | e2e p50 s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for max_batch in [int(b) for b in args.max_batch.split(",")]:
+        server = uvicorn.Server(uvicorn.Config(create_app(vlm, ServerSettings(max_batch=max_batch, queue=256)),
+                                               host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        asyncio.run(_level(base, 1, 1, 8, images[-1:]))  # warm-up
+        for c in levels:
+            r = asyncio.run(_level(base, c, args.requests_per_client, args.max_tokens, images))
+            print(f"| {max_batch} | {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | "
+                  f"{r['ttft_p50']:.3f} | {r['ttft_p99']:.3f} | {r['e2e_p50']:.3f} |", flush=True)
+        server.should_exit = True
+        thread.join(timeout=60)
     return 0
 
 

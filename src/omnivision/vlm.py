@@ -4,8 +4,10 @@ The user-facing object that `omnivision.load` returns, and the one path to the m
 front end (the CLI, evaluation, the server). It turns (image, prompt, history), or a conversation of
 `Message`s, into prompt ids and pixels by the model's own config (template, preprocessing), runs
 the generation loop and turns ids back into text (`TextStream`, with step hooks for callers that
-constrain or inspect each step, and an interrupt check for cancellation). Image embeddings are kept by pixel content (`embedding_cache`), so a
-second question about the same image skips the vision tower. With `low_memory`, the two towers take
+constrain or inspect each step, and an interrupt check for cancellation); after `start_batching`,
+answers asked from several threads at once are decoded in one batch. Image embeddings are kept by
+pixel content (`embedding_cache`), so a second question about the same image skips the vision
+tower. With `low_memory`, the two towers take
 turns in resident memory (`weights.residency`): the language model's mapped pages are given back
 before an image is encoded and the vision side's after, so the peak is the larger tower rather than
 both (968M int4: a peak of 877 MB answering one image question, `answer_peak_rss_mb` in
@@ -21,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from omnivision.embedding_cache import ImageEmbeddingCache
+from omnivision.generation.continuous import ContinuousBatcher
 from omnivision.generation.generate import GenerationConfig, StepHooks, generate, generate_batch
 from omnivision.generation.sampling import SamplingConfig
 from omnivision.generation.text_stream import TextStream
@@ -63,6 +66,23 @@ class OmniVision:
         self.low_memory = low_memory
         """Keep only one tower's memory-mapped weights resident at a time (see the module doc)."""
         self._encode_lock = threading.Lock()  # one encoding at a time: the cache and paging are shared
+        self.batcher: ContinuousBatcher | None = None
+        """Set by `start_batching`: answers from every thread are decoded together."""
+
+    def start_batching(self, max_batch: int, max_len: int | None = None, chunk: int = 256) -> ContinuousBatcher:
+        """Decode the answers of concurrent callers (threads) in one batch of up to `max_batch`
+        sequences, each joining and leaving between steps (`generation.continuous`); `max_len`
+        positions per sequence (longer requests run alone), prompts prefilled `chunk` tokens at a time.
+        Greedy answers stay the ones each gets alone."""
+        self.stop_batching()
+        self.batcher = ContinuousBatcher(self.model, max_batch, max_len, chunk)
+        return self.batcher
+
+    def stop_batching(self) -> None:
+        """Back to one generation loop per caller; answers still being batched end with an error."""
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -134,7 +154,11 @@ class OmniVision:
         the stop string met and the finish reason. `hooks` see (and may constrain) every step's
         logits; `interrupt` is asked after every token and a reason it returns ends the answer."""
         gen = self._generation_config(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        tokens = generate(self.model, prompt_ids, image_embeds, gen, hooks)
+        batcher = self.batcher
+        if batcher is not None and len(prompt_ids) + max_new_tokens <= batcher.max_len:
+            tokens = batcher.submit(prompt_ids, image_embeds, gen, hooks)
+        else:
+            tokens = generate(self.model, prompt_ids, image_embeds, gen, hooks)
         return TextStream(tokens, self.tokenizer, stop, limit=max_new_tokens, interrupt=interrupt)
 
     def _stream(self, image, prompt, history, template, stop, gen_kwargs) -> tuple[TextStream, int]:

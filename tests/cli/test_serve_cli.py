@@ -29,6 +29,20 @@ def test_a_missing_image_root_is_refused(capsys, tmp_path: Path) -> None:
     assert "is not a directory" in capsys.readouterr().err
 
 
+def test_max_batch_and_its_old_name_slots(capsys) -> None:
+    import argparse
+
+    from omnivision.cli.serve import add_parser, settings_from
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(), "serve")
+    assert settings_from(parser.parse_args(["serve", "--max-batch", "4"])).max_batch == 4
+    settings = settings_from(parser.parse_args(["serve", "--slots", "3", "--batch-context", "512"]))
+    assert (settings.max_batch, settings.batch_context) == (3, 512)
+    assert main(["serve", "--max-batch", "0"]) == 2
+    assert "max_batch must be at least 1" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -36,7 +36,7 @@ def test_a_full_queue_answers_503_with_retry_after(nano, scene_url) -> None:
             return await asyncio.gather(*(client.post("/v1/chat/completions", json=_body(scene_url, 24, False))
                                           for _ in range(8)))
 
-    with live_server(nano, ServerSettings(slots=1, queue=2)) as (url, engine):
+    with live_server(nano, ServerSettings(max_batch=1, queue=2)) as (url, engine):
         responses = asyncio.run(main(url))
         _settle(engine)
         assert engine.running == 0 and engine.waiting == 0
@@ -86,7 +86,7 @@ def test_64_streaming_clients_with_8_leaving_early(slow_endless, scene_url) -> N
             return await asyncio.gather(*(one(client, leave=i % 8 == 3) for i in range(64)))
 
     threads_before = threading.active_count()
-    with live_server(slow_endless, ServerSettings(slots=2, queue=64)) as (url, engine):
+    with live_server(slow_endless, ServerSettings(max_batch=2, queue=64)) as (url, engine):
         threads_with_server = threading.active_count()
         outcomes = asyncio.run(main(url))
         _settle(engine)
@@ -116,7 +116,7 @@ def test_a_disconnected_stream_stops_its_generation(slow_endless, scene_url) -> 
                         return
                 raise AssertionError("no content arrived")
 
-    with live_server(slow_endless, ServerSettings(slots=1)) as (url, engine):
+    with live_server(slow_endless, ServerSettings(max_batch=1)) as (url, engine):
         asyncio.run(main(url))
         left = time.monotonic()
         while engine.running and time.monotonic() - left < 10:
@@ -135,10 +135,40 @@ def test_a_client_leaving_a_plain_request_stops_its_generation(slow_endless, sce
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-    with live_server(slow_endless, ServerSettings(slots=1)) as (url, engine):
+    with live_server(slow_endless, ServerSettings(max_batch=1)) as (url, engine):
         asyncio.run(main(url, engine))
         left = time.monotonic()
         while engine.running and time.monotonic() - left < 10:
             time.sleep(0.01)
         assert engine.running == 0 and engine.cancelled == 1
         assert time.monotonic() - left < 1.5
+
+
+def test_batched_answers_are_the_answers_alone(scene_url) -> None:
+    """max_batch 4 in fp32: four different questions asked at once get, token for token, the greedy
+    answers they get one at a time; the batch is empty afterwards and its thread ends with the app."""
+    from omnivision.loader import BUNDLED, load
+
+    vlm = load(BUNDLED, dtype="float32")
+    questions = ["Describe the scene.", "What color is the object at the top left?",
+                 "How many objects are there?", "Is there a circle?"]
+
+    def body(question: str) -> dict:
+        return {**_body(scene_url, 24, False), "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": scene_url}}, {"type": "text", "text": question}]}]}
+
+    async def ask(url: str) -> list[str]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=body(q)) for q in questions))
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+        return [r.json()["choices"][0]["message"]["content"] for r in replies]
+
+    with live_server(vlm, ServerSettings(max_batch=1)) as (url, _):  # one slot: one answer at a time
+        alone = asyncio.run(ask(url))
+    with live_server(vlm, ServerSettings(max_batch=4)) as (url, engine):
+        assert vlm.batcher is not None and vlm.batcher.batch.max_rows == 4
+        together = asyncio.run(ask(url))
+        _settle(engine)
+        assert vlm.batcher.batch.running == 0
+    assert together == alone and len(set(alone)) > 1
+    assert vlm.batcher is None and not any(t.name == "omnivision-batcher" for t in threading.enumerate())

@@ -29,8 +29,12 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--model-name", default="omnivision", help="the model id clients send (default omnivision)")
     p.add_argument("--allow-host", action="append", default=[],
                    help="an extra Host header name to answer while no API key is set (repeatable)")
-    p.add_argument("--slots", type=int, default=1, help="generations that run at once (default 1)")
-    p.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (default 64)")
+    p.add_argument("--max-batch", "--slots", dest="max_batch", type=int, default=1,
+                   help="generations that run at once, decoded together in one batch (default 1; "
+                        "--slots is the old name)")
+    p.add_argument("--batch-context", type=int, default=4096,
+                   help="positions per sequence in the batch (default 4096); longer requests run alone")
+    p.add_argument("--queue", type=int, default=64, help="requests that may wait for a place (default 64)")
     p.add_argument("--image-root", type=Path,
                    help="accept local image paths under this directory (default: refused)")
     p.add_argument("--allow-image-host", action="append", default=[],
@@ -59,7 +63,7 @@ def settings_from(args: argparse.Namespace):
     if args.image_root is not None and not args.image_root.is_dir():
         raise ValueError(f"--image-root {args.image_root} is not a directory")
     return ServerSettings(model_name=args.model_name, api_key=api_key, allowed_hosts=tuple(args.allow_host),
-                          slots=args.slots, queue=args.queue, request_timeout_s=args.timeout,
+                          max_batch=args.max_batch, batch_context=args.batch_context, queue=args.queue, request_timeout_s=args.timeout,
                           image_root=args.image_root, remote=RemoteMedia(tuple(args.allow_image_host)),
                           limits=Limits(images_per_request=args.max_images))
 

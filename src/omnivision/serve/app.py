@@ -49,8 +49,11 @@ def _prompt_ids(vlm: OmniVision, req: ChatRequest) -> list[int]:
 
 def _token_budget(vlm: OmniVision, req: ChatRequest, prompt: int, default: int) -> int:
     """The answer's token limit: the request's, else the rest of the context up to `default` (the
-    KV cache is sized for it up front)."""
+    KV cache is sized for it up front) and, when answers are batched, up to what a row of the
+    batch holds."""
     context = vlm.config.text.max_position_embeddings
+    if vlm.batcher is not None and prompt < vlm.batcher.max_len:
+        default = min(default, vlm.batcher.max_len - prompt)
     if req.max_tokens is not None and req.max_tokens >= context:
         raise bad_request(f"{req.max_tokens_field} is {req.max_tokens}; this model's context is {context} tokens",
                           req.max_tokens_field, "context_length_exceeded")
@@ -68,14 +71,19 @@ def _choices(req: ChatRequest, budget: int, constraint_factory) -> list[Choice]:
 
 
 def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
-    """The ASGI app (FastAPI behind `guard.Guard`); its `state.engine` owns the generation slots."""
+    """The ASGI app (FastAPI behind `guard.Guard`); its `state.engine` owns the generation slots
+    (`max_batch` of them; above 1 their answers are decoded in one batch)."""
     settings = settings or ServerSettings()
-    engine = Engine(vlm, slots=settings.slots, queue=settings.queue, max_pixels=settings.limits.max_pixels)
+    engine = Engine(vlm, slots=settings.max_batch, queue=settings.queue, max_pixels=settings.limits.max_pixels)
+    if settings.max_batch > 1:
+        vlm.start_batching(settings.max_batch, settings.batch_context)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         engine.close()
+        if settings.max_batch > 1:
+            vlm.stop_batching()
 
     api = FastAPI(title="omnivision", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   lifespan=lifespan)

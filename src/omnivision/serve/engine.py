@@ -11,10 +11,12 @@ A slot answers through the Python API only: `OmniVision.encode_images` (with the
 limit) and `OmniVision.stream_prompt` (with logprob and JSON-output step hooks and an interrupt for
 cancellation and the deadline); it never touches the model or the decoding loop itself.
 
-The slots do not share a decoding batch: the KV cache keeps one write position per batch, so a
-request cannot join a batch mid-flight (continuous batching would need per-row positions). Slots
-overlap where torch releases the GIL, and the image-embedding cache is shared, so a follow-up
-question about the same image skips the vision tower.
+With `max_batch` above 1 the app turns on the API's batching (`OmniVision.start_batching`): each
+slot's `stream_prompt` then hands its request to one decoding batch that every slot shares, which
+it joins after its prefill and leaves when it ends or is cancelled (`generation.continuous`); the
+slot thread waits on the request's tokens. Image encoding runs in the slots, outside the batch.
+The image-embedding cache is shared, so a follow-up question about the same image skips the
+vision tower.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Everything an operator can set on the server, with the defaults of docs/server-security.md.
 
 One frozen dataclass, filled by `omnivision serve`'s flags and read by the app, the image intake
-and the generation slots. The defaults and the reason for each: `docs/server-security.md` section 6.
+and the generation batch. The defaults and the reason for each: `docs/server-security.md` section 6.
 """
 
 from __future__ import annotations
@@ -49,10 +49,14 @@ class ServerSettings:
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     """Extra Host header names accepted when no API key is set (localhost forms always are)."""
-    slots: int = 1
-    """Generations that run at once."""
+    max_batch: int = 1
+    """Generations that run at once; above 1 they are decoded together in one batch, each joining
+    and leaving between steps (`OmniVision.start_batching`). `--slots` is the old name."""
+    batch_context: int = 4096
+    """Positions per sequence in the batch (its KV cache is sized for max_batch + 1 of them up front);
+    a request that needs more runs on its own, and an answer without max_tokens is bounded by it."""
     queue: int = 64
-    """Requests that may wait for a slot; more are refused with 503."""
+    """Requests that may wait for a place in the batch; more are refused with 503."""
     default_max_tokens: int = 4096
     """Answer length when a request gives none (also bounded by the context)."""
     request_timeout_s: float = 600.0
@@ -63,7 +67,9 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        if self.slots < 1:
-            raise ValueError(f"slots must be at least 1, got {self.slots}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.batch_context < 2:
+            raise ValueError(f"batch_context must be at least 2, got {self.batch_context}")
         if self.queue < 0:
             raise ValueError(f"queue must be >= 0, got {self.queue}")
