@@ -96,11 +96,13 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     vlm = load(args.model or BUNDLED)
     levels = [int(c) for c in args.concurrency.split(",")]
-    images = [_image_url(seed, vlm.config.vision.image_size) for seed in range(max(levels) * args.requests_per_client + 1)]
+    per_setting = sum(levels) * args.requests_per_client + 1
     print(f"model: {args.model or 'bundled nano'} ({vlm.dtype}); {args.max_tokens} tokens per answer; {describe()}\n")
     print("| max batch | concurrency | requests | requests/s | completion tokens/s | TTFT p50 s | TTFT p99 s | e2e p50 s |")
     print("|---|---|---|---|---|---|---|---|")
-    for max_batch in [int(b) for b in args.max_batch.split(",")]:
+    for n, max_batch in enumerate(int(b) for b in args.max_batch.split(",")):
+        # every request its own image: the server's image cache must never help
+        images = [_image_url(n * per_setting + i, vlm.config.vision.image_size) for i in range(per_setting)]
         server = uvicorn.Server(uvicorn.Config(create_app(vlm, ServerSettings(max_batch=max_batch, queue=256)),
                                                host="127.0.0.1", port=0, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -109,8 +111,11 @@ def main() -> int:
             time.sleep(0.05)
         base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         asyncio.run(_level(base, 1, 1, 8, images[-1:]))  # warm-up
-        for c in levels:
-            r = asyncio.run(_level(base, c, args.requests_per_client, args.max_tokens, images))
+        first = 0
+        for c in levels:  # each level its own images too
+            level_images = images[first:first + c * args.requests_per_client]
+            first += len(level_images)
+            r = asyncio.run(_level(base, c, args.requests_per_client, args.max_tokens, level_images))
             print(f"| {max_batch} | {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | "
                   f"{r['ttft_p50']:.3f} | {r['ttft_p99']:.3f} | {r['e2e_p50']:.3f} |", flush=True)
         server.should_exit = True

@@ -122,3 +122,6 @@ def test_the_kernel_choices_are_summed_up_under_the_table() -> None:
     assert "F.linear for 1 of 3 shape buckets, compiled-dot for 2 of 3 shape buckets" in text
     assert "Vision tower choices: attention h16/n729/d72: sdpa." in text
     assert "one-row 4864x896: compiled-dot; many-rows 4304x1152: int8-activations." in text
+    # without bf16 products (an fp32 machine) there is no few-row line
+    fp32_only = report.table(_doc(kernels={"int8 one-row 4864x896": "int8pack_mm"}))
+    assert "Few-row" not in fp32_only and "one-row 4864x896: int8pack_mm." in fp32_only

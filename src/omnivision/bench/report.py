@@ -147,9 +147,10 @@ def table(doc: dict) -> str:
     if kernels and "error" not in kernels:
         few_rows = [kernel for key, kernel in kernels.items() if "/rows<=" in key]
         counts = Counter(few_rows)
-        lines.append("Few-row bf16 kernels chosen on this machine: "
-                     + ", ".join(f"{name} for {n} of {len(few_rows)} shape buckets" for name, n in sorted(counts.items()))
-                     + ".")
+        if few_rows:
+            lines.append("Few-row bf16 kernels chosen on this machine: "
+                         + ", ".join(f"{name} for {n} of {len(few_rows)} shape buckets"
+                                     for name, n in sorted(counts.items())) + ".")
         vision = [f"{key.removeprefix('vision ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("vision ")]
         if vision:
             lines.append("Vision tower choices: " + "; ".join(vision) + ".")
