@@ -125,3 +125,76 @@ def test_huge_headers_are_refused_and_the_server_stays_healthy(nano) -> None:
             assert reply == b"" or reply.split(b" ")[1] in (b"400", b"413", b"431"), reply
         with urllib.request.urlopen(url + "/health", timeout=10) as r:
             assert r.status == 200
+
+
+def _chat_scope() -> dict:
+    return {"type": "http", "path": "/v1/chat/completions", "method": "POST",
+            "headers": [(b"host", b"localhost"), (b"content-length", b"100")]}
+
+
+def _run_guard(g: guard.Guard, receive) -> list[dict]:
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(g(_chat_scope(), receive, send))
+    return sent
+
+
+def test_a_full_server_refuses_a_chat_request_before_reading_its_body() -> None:
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app was called")
+
+    g = guard.Guard(app, None, (), body_limit=1000, reserve=lambda: "all 1 slots are busy",
+                    release=lambda: None, retry_after_s=3)
+    sent = _run_guard(g, receive)
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 503 and headers[b"retry-after"] == b"3"
+    assert json.loads(sent[1]["body"])["error"]["code"] == "server_overloaded"
+
+
+def test_a_slow_body_gets_408_and_gives_its_place_back() -> None:
+    places = []
+
+    async def receive():
+        if not places[1:]:
+            places.append("first chunk")
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await asyncio.sleep(60)  # the rest never comes
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app was called")
+
+    g = guard.Guard(app, None, (), body_limit=1000, reserve=lambda: places.append("reserved"),
+                    release=lambda: places.append("released"), body_read_s=0.05)
+    sent = _run_guard(g, receive)
+    assert sent[0]["status"] == 408 and json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"
+    assert places == ["reserved", "first chunk", "released"]
+
+
+def test_a_reserved_place_is_handed_to_the_route() -> None:
+    seen, released = [], []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def app(scope, receive, send):
+        seen.append((scope["state"]["reserved"], (await receive())["body"]))
+
+    g = guard.Guard(app, None, (), body_limit=1000, reserve=lambda: None, release=lambda: released.append(1))
+    _run_guard(g, receive)
+    assert seen == [(True, b"{}")] and released == []  # the route owns the place now
+
+
+def test_a_refused_request_gives_its_place_back(nano) -> None:
+    with client_for(nano) as client:
+        engine = client.app.app.state.engine
+        bad_json = client.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+        unknown = client.post("/v1/chat/completions", json={"model": "other", "messages": [
+            {"role": "user", "content": "hi"}]})
+        assert (bad_json.status_code, unknown.status_code) == (400, 404)
+        assert engine._admitted == 0 and engine.running == 0

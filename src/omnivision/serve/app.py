@@ -119,23 +119,27 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
 
     @api.post("/v1/chat/completions", openapi_extra=OPENAPI_EXTRA)
     async def chat_completions(request: Request) -> Response:
-        raw = await request.body()
+        # the guard reserved a place before reading the body: submit the job on it, or give it back
+        reserved, handed = bool(request.scope.get("state", {}).get("reserved")), False
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
-            raise APIError(400, f"the request body is not valid JSON: {type(e).__name__}: {str(e)[:200]}",
-                           code="invalid_json") from None
-        req = parse_chat_request(body, settings.limits)
-        if req.model != settings.model_name:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server has {settings.model_name!r}",
-                           param="model", code="model_not_found")
-        ids = await asyncio.to_thread(_prompt_ids, vlm, req)
-        budget = _token_budget(vlm, req, len(ids), settings.default_max_tokens)
-        try:
-            engine.admit()  # a place in the queue before paying for the schema and the images
-        except Overloaded as e:
-            raise _overloaded(str(e)) from None
-        try:
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
+                raise APIError(400, f"the request body is not valid JSON: {type(e).__name__}: {str(e)[:200]}",
+                               code="invalid_json") from None
+            req = parse_chat_request(body, settings.limits)
+            if req.model != settings.model_name:
+                raise APIError(404, f"the model {req.model!r} does not exist; this server has "
+                               f"{settings.model_name!r}", param="model", code="model_not_found")
+            ids = await asyncio.to_thread(_prompt_ids, vlm, req)
+            budget = _token_budget(vlm, req, len(ids), settings.default_max_tokens)
+            if not reserved:
+                try:
+                    engine.admit()  # a place in the queue before paying for the schema and the images
+                except Overloaded as e:
+                    raise _overloaded(str(e)) from None
+                reserved = True
             constraint_factory = None
             if req.response_format["type"] != "text":
                 from omnivision.serve.json_output import constraint_factory as make
@@ -143,15 +147,15 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
                 constraint_factory = await asyncio.to_thread(make, vlm.tokenizer, req.response_format,
                                                              vlm.config.stop_token_ids)
             images = await asyncio.to_thread(_images, req, settings)
-        except BaseException:
-            engine.release()
-            raise
-        job = Job(ids, images, _choices(req, budget, constraint_factory),
-                  deadline_s=time.monotonic() + settings.request_timeout_s, loop=asyncio.get_running_loop())
-        try:
+            job = Job(ids, images, _choices(req, budget, constraint_factory),
+                      deadline_s=time.monotonic() + settings.request_timeout_s, loop=asyncio.get_running_loop())
+            handed = True  # submit takes the place over, also when it refuses
             engine.submit(job)
         except Overloaded as e:
             raise _overloaded(str(e)) from None
+        finally:
+            if reserved and not handed:
+                engine.release()
         cid, created = openai_format.completion_id(), openai_format.now()
         if req.stream:
             return StreamingResponse(_stream(engine, job, req, cid, created, settings.model_name),
@@ -159,7 +163,18 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _complete(engine, job, req, cid, created, settings.model_name, request)
 
-    return Guard(api, settings.api_key, settings.allowed_hosts, settings.limits.body_bytes)
+    return Guard(api, settings.api_key, settings.allowed_hosts, settings.limits.body_bytes,
+                 reserve=lambda: _reserve(engine), release=engine.release,
+                 body_read_s=settings.limits.body_read_s, retry_after_s=RETRY_AFTER_S)
+
+
+def _reserve(engine: Engine) -> str | None:
+    """A place in the engine for a chat request (None), or why there is none."""
+    try:
+        engine.admit()
+    except Overloaded as e:
+        return str(e)
+    return None
 
 
 def _overloaded(why: str) -> APIError:

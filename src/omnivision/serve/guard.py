@@ -8,6 +8,10 @@
   requests carry the same credentials). Keys are compared in constant time.
 - A request body over the cap is refused with 413: at once when `Content-Length` says so, otherwise
   as soon as the bytes read pass the cap (chunked uploads are never read to the end).
+- A chat request gets its place in the engine (`reserve`) before its body is read: a full server
+  answers 503 with `Retry-After` without reading a byte of it, and a body that does not arrive
+  within `body_read_s` gets 408 and gives the place back. The route marks the place as reserved
+  (`scope["state"]["reserved"]`) and either submits the job on it or releases it.
 
 Written as plain ASGI rather than HTTP middleware so that streamed responses pass through untouched
 and a client's disconnect still reaches the route (`request.is_disconnected()`).
@@ -15,6 +19,7 @@ and a client's disconnect still reaches the route (`request.is_disconnected()`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -60,12 +65,20 @@ def _presented_key(headers: dict[bytes, bytes]) -> str | None:
     return key.decode("latin-1") if key is not None else None
 
 
+RESERVED_PATHS = ("/v1/chat/completions",)
+
+
 class Guard:
-    def __init__(self, app: Callable, api_key: str | None, extra_hosts: tuple[str, ...], body_limit: int) -> None:
+    def __init__(self, app: Callable, api_key: str | None, extra_hosts: tuple[str, ...], body_limit: int,
+                 reserve: Callable[[], str | None] | None = None, release: Callable[[], None] | None = None,
+                 body_read_s: float = 30.0, retry_after_s: int = 2) -> None:
         self.app = app
         self.api_key = api_key
         self.hosts = {*LOCAL_HOSTS, *(h.lower() for h in extra_hosts)}
         self.body_limit = body_limit
+        self.reserve, self.release = reserve, release
+        """`reserve()` takes a place for a chat request (None) or says why there is none."""
+        self.body_read_s, self.retry_after_s = body_read_s, retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,10 +102,28 @@ class Guard:
             await _reply(send, 413, f"the request body is over the limit of {self.body_limit} bytes",
                          "body_too_large")
             return
-        body, complete = await self._read_body(receive)
+        reserved = False
+        if self.reserve is not None and scope.get("method") == "POST" and scope["path"] in RESERVED_PATHS:
+            refusal = self.reserve()
+            if refusal is not None:
+                await _reply(send, 503, f"the server is busy ({refusal}); retry shortly", "server_overloaded",
+                             {"Retry-After": str(self.retry_after_s)})
+                return
+            reserved = True
+            scope.setdefault("state", {})["reserved"] = True
+        try:
+            body, complete = await asyncio.wait_for(self._read_body(receive), self.body_read_s)
+        except asyncio.TimeoutError:
+            complete = None
         if not complete:
-            await _reply(send, 413, f"the request body is over the limit of {self.body_limit} bytes",
-                         "body_too_large")
+            if reserved:
+                self.release()
+            if complete is None:
+                await _reply(send, 408, f"the request body did not arrive within {self.body_read_s:g} s",
+                             "request_timeout")
+            else:
+                await _reply(send, 413, f"the request body is over the limit of {self.body_limit} bytes",
+                             "body_too_large")
             return
         replayed = False
 

@@ -16,6 +16,9 @@ MiB = 2**20
 class Limits:
     body_bytes: int = 16 * MiB
     """Largest request body; more is refused with 413 before it is all read."""
+    body_read_s: float = 30.0
+    """A chat request's body must arrive within this many seconds of its place being reserved
+    (408 otherwise), so that a slow uploader cannot hold a place."""
     image_bytes: int = 10_000_000
     """Largest encoded image (checked on the base64 length before decoding)."""
     max_pixels: int = 4096 * 4096
