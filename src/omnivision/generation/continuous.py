@@ -123,9 +123,6 @@ class ContinuousBatcher:
                 raise RuntimeError("the batcher is closed")
             self._inbox.append(request)
             self._wake.notify()
-        return self._tokens(request)
-
-    def _tokens(self, request: _Request) -> TokenStream:
         return TokenStream(request, self._wake)
 
     def close(self) -> None:

@@ -119,8 +119,9 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
 
     @api.post("/v1/chat/completions", openapi_extra=OPENAPI_EXTRA)
     async def chat_completions(request: Request) -> Response:
-        # the guard reserved a place before reading the body: submit the job on it, or give it back
-        reserved, handed = bool(request.scope.get("state", {}).get("reserved")), False
+        # the guard reserved a place before reading the body (`Guard.reserve`): submit the job on it,
+        # or give it back
+        handed = False
         try:
             raw = await request.body()
             try:
@@ -134,12 +135,6 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
                                f"{settings.model_name!r}", param="model", code="model_not_found")
             ids = await asyncio.to_thread(_prompt_ids, vlm, req)
             budget = _token_budget(vlm, req, len(ids), settings.default_max_tokens)
-            if not reserved:
-                try:
-                    engine.admit()  # a place in the queue before paying for the schema and the images
-                except Overloaded as e:
-                    raise _overloaded(str(e)) from None
-                reserved = True
             constraint_factory = None
             if req.response_format["type"] != "text":
                 from omnivision.serve.json_output import constraint_factory as make
@@ -154,7 +149,7 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
         except Overloaded as e:
             raise _overloaded(str(e)) from None
         finally:
-            if reserved and not handed:
+            if not handed:
                 engine.release()
         cid, created = openai_format.completion_id(), openai_format.now()
         if req.stream:
