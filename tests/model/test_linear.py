@@ -31,6 +31,22 @@ def test_same_result_as_f_linear(shape, with_bias, kernel, monkeypatch):
     assert torch.allclose(got.float(), want, atol=0.25, rtol=2 ** -7)
 
 
+@pytest.mark.parametrize("kernel", [F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_one_row_product_is_what_forward_computes(kernel, with_bias, monkeypatch):
+    """The pure function the compiled decode step traces (`model.one_row_step`) is the chosen kernel's
+    product; in fp32 it is F.linear."""
+    monkeypatch.setattr(linear_module, "few_row_kernel", lambda weight, m: kernel)
+    torch.manual_seed(0)
+    layer = Linear(96, 80, bias=with_bias).bfloat16()
+    x = torch.randn(1, 96).bfloat16()
+    function, args = layer.one_row_product()
+    torch.testing.assert_close(function(x, *args), layer(x), atol=2 ** -6, rtol=2 ** -7)
+    fp32 = Linear(96, 80, bias=with_bias)
+    function, args = fp32.one_row_product()
+    assert function is F.linear and torch.equal(function(x.float(), *args), fp32(x.float()))
+
+
 def test_fp32_is_exactly_f_linear_and_gradients_flow():
     layer = Linear(16, 8)
     x = torch.randn(3, 16, requires_grad=True)

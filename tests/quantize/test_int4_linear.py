@@ -39,6 +39,20 @@ def test_kernel_forward_matches_dequantised_matmul(dtype, tol, in_features, grou
     assert torch.allclose(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_row_product_is_what_forward_computes(dtype, bias):
+    """The pure function the compiled decode step traces (`model.one_row_step`) is the forward's
+    product; where the forward dequantises there is none."""
+    layer = Int4Linear.from_linear(nn.Linear(128, 64, bias=bias), 32)
+    x = torch.randn(1, 128, dtype=dtype)
+    function, args = layer.one_row_product()
+    got = function(x, *args)
+    assert got.dtype == dtype and got.shape == (1, 64)
+    torch.testing.assert_close(got, layer(x), atol=1e-2, rtol=1e-2)
+    assert Int4Linear.from_linear(nn.Linear(128, 96), 32).one_row_product() is None
+
+
 @pytest.mark.parametrize("out_features", [10, 96])
 def test_outputs_not_divisible_by_64_use_the_fallback(out_features):
     linear = nn.Linear(64, out_features, bias=False)

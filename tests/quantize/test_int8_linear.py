@@ -47,6 +47,24 @@ def test_one_row_kernels_match_dequantised_matmul(kernel, monkeypatch):
     assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("kernel", ["int8pack_mm", "compiled-dot"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_row_product_is_what_forward_computes(kernel, dtype, bias, monkeypatch):
+    """The pure function the compiled decode step traces (`model.one_row_step`) is the forward's
+    product; where torch's kernel cannot take the layer there is none."""
+    from omnivision.quantize import int8_linear
+
+    monkeypatch.setattr(int8_linear, "one_row_kernel", lambda n, k: kernel)
+    layer = Int8Linear.from_linear(nn.Linear(96, 40, bias=bias))
+    x = torch.randn(1, 96, dtype=dtype)
+    function, args = layer.one_row_product()
+    got = function(x, *args)
+    assert got.dtype == dtype and got.shape == (1, 40)
+    torch.testing.assert_close(got, layer(x), atol=1e-2, rtol=1e-2)
+    assert Int8Linear.from_linear(nn.Linear(72, 40)).one_row_product() is None
+
+
 @pytest.mark.parametrize("in_features", [72, 17, 104])
 def test_in_features_torchs_packed_kernel_cannot_take_are_dequantised(in_features):
     """torch 2.13's `_weight_int8pack_mm` returns garbage or crashes unless K is a multiple of 16."""

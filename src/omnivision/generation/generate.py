@@ -23,7 +23,7 @@ import torch
 
 from omnivision.generation.sampling import SamplingConfig, sample
 from omnivision.generation.static_decode import static_decoder
-from omnivision.model import KVCache, OmniVisionModel
+from omnivision.model import KVCache, OmniVisionModel, one_row_step
 from omnivision.model.qwen2 import Qwen2ForCausalLM, rotary_positions
 
 
@@ -100,7 +100,12 @@ def decode_step(lm: Qwen2ForCausalLM, tokens: torch.Tensor, state: Decoding) -> 
     if state.key_valid is not None:
         real = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
         state.key_valid = torch.cat((state.key_valid, real), dim=1)  # [B, S + 1]
-    hidden = lm(lm.embed(tokens[:, None]), state.next_positions, state.key_valid, state.cache)  # [B, 1, D]
+    embeds = lm.embed(tokens[:, None])  # [B, 1, D]
+    hidden = None
+    if one_row_step.applies(lm, embeds, state.key_valid, state.cache):
+        hidden = one_row_step.forward(lm, embeds, state.next_positions, state.cache)
+    if hidden is None:
+        hidden = lm(embeds, state.next_positions, state.key_valid, state.cache)  # [B, 1, D]
     state.next_positions = state.next_positions + 1
     return lm.logits(hidden[:, -1])
 

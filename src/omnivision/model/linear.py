@@ -15,18 +15,24 @@ devices and whenever autograd records (training).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
-from omnivision.kernels.compiled_dot import compiled, verified
+from omnivision.kernels.compiled_dot import bf16_dot, compiled, verified
 
 FEW_ROWS = 128
 """Up to this many rows the kernel is chosen per machine (see the module docstring)."""
 ROW_BUCKETS = ((1, 1), (16, 8), (FEW_ROWS, 64))
 """(largest row count of the bucket, row count it is timed at)."""
 F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT = "F.linear", "weight-major", "compiled-dot"
+
+Product = tuple[Callable[..., torch.Tensor], tuple]
+"""A layer's product on one row as a pure function and its arguments: fn(x [1, K], *args) -> [1, N]
+(the compiled decode step, `model.one_row_step`, traces it)."""
 
 _chosen: dict[tuple[int, int, int, int], str] = {}
 """This process's choices by (N, K, row bucket, threads), so the hot path asks the disk cache once."""
@@ -38,11 +44,19 @@ def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
-def _weight_major(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """rows [M, K] @ weight [N, K]^T -> [M, N], reading the weight in its stored order."""
+def _weight_major(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows [M, K] @ weight [N, K]^T (+ bias [N]) -> [M, N], reading the weight in its stored order."""
     if rows.shape[0] == 1:
-        return torch.mv(weight, rows[0])[None]  # [1, N]
-    return (weight @ rows.t()).t().contiguous()  # [N, M] -> [M, N]
+        out = torch.mv(weight, rows[0])[None]  # [1, N]
+    else:
+        out = (weight @ rows.t()).t().contiguous()  # [N, M] -> [M, N]
+    return out if bias is None else out + bias
+
+
+def _dot(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`bf16_dot` (+ bias): uncompiled, for tracing into a compiled step."""
+    out = bf16_dot(rows, weight)
+    return out if bias is None else out + bias
 
 
 def _bucket(m: int) -> tuple[int, int]:
@@ -94,12 +108,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     kernel = few_row_kernel(weight, rows.shape[0])
     if kernel == COMPILED_DOT and (dot := compiled("bf16")) is not None:
         out = dot(rows, weight)  # [M, N]
+        out = out if bias is None else out + bias
     elif kernel == WEIGHT_MAJOR:
-        out = _weight_major(rows, weight)
+        out = _weight_major(rows, weight, bias)
     else:
         return F.linear(x, weight, bias)
-    if bias is not None:
-        out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -108,3 +121,12 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+    def one_row_product(self) -> Product:
+        """The product `linear` computes on one row here, as a pure function and its arguments."""
+        weight = self.weight
+        kernel = F_LINEAR
+        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
+            kernel = few_row_kernel(weight, 1)
+        function = {F_LINEAR: F.linear, WEIGHT_MAJOR: _weight_major, COMPILED_DOT: _dot}[kernel]
+        return function, (weight, self.bias)

@@ -27,9 +27,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., D] scaled to unit root-mean-square (computed in fp32), times weight [D]."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -76,25 +81,26 @@ class Qwen2Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, Hkv, S, hd], S = cached + T
         if t == 1:
-            out = self._one_query(q, k, v, mask)
+            out = one_query_attention(q, k, v, mask)
         else:
             is_causal = mask is None and k.shape[2] == t
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                  enable_gqa=self.num_heads != self.num_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # [B, T, D]
 
-    def _one_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   mask: torch.Tensor | None) -> torch.Tensor:
-        """Attention of one new position (a decode step): q [B, H, 1, hd], k/v [B, Hkv, S, hd] ->
-        [B, H, 1, hd]. The H / Hkv query heads that share a key/value head are its query rows, so
-        SDPA runs without its grouped-query path: the same sums, and on the CPU much faster (torch
-        2.13, 2 threads, 14 heads over 2, S = 150: 25 against 145 us in bf16, 25 against 27 in fp32).
-        A mask [B, 1, 1, S] broadcasts over those rows as it did over the heads."""
-        b, _, _, hd = q.shape
-        group = self.num_heads // self.num_kv_heads
-        rows = q.reshape(b, self.num_kv_heads, group, hd)  # head h is row h % group of kv head h // group
-        out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask)  # [B, Hkv, group, hd]
-        return out.reshape(b, self.num_heads, 1, hd)
+
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of one new position (a decode step): q [B, H, 1, hd], k/v [B, Hkv, S, hd] ->
+    [B, H, 1, hd]. The H / Hkv query heads that share a key/value head are its query rows, so
+    SDPA runs without its grouped-query path: the same sums, and on the CPU much faster (torch
+    2.13, 2 threads, 14 heads over 2, S = 150: 25 against 145 us in bf16, 25 against 27 in fp32).
+    A mask [B, 1, 1, S] broadcasts over those rows as it did over the heads."""
+    b, heads, _, hd = q.shape
+    kv_heads = k.shape[1]
+    rows = q.reshape(b, kv_heads, heads // kv_heads, hd)  # head h is row h % group of kv head h // group
+    out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask)  # [B, Hkv, group, hd]
+    return out.reshape(b, heads, 1, hd)
 
 
 class Qwen2MLP(nn.Module):

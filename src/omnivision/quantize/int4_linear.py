@@ -18,9 +18,12 @@ or dtypes, the forward dequantises the weight slice by slice (`row_blocks`) for 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
+from omnivision.model.linear import Product
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 from omnivision.quantize.int4_packing import gather_codes, is_blocked, pack_codes, to_kernel, unpack_codes
 from omnivision.quantize.scheme import GROUP_SIZES
@@ -66,6 +69,15 @@ def _dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, 
     q = codes.view(rows, -1, group_size).to(torch.float32)  # [R, K/g, g]
     w = torch.addcmul(zeros[..., None] - 8 * scales[..., None], q, scales[..., None])  # (q - 8) * s + z
     return w.view(rows, -1)
+
+
+def packed_product(x: torch.Tensor, weight: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None,
+                   *, group_size: int) -> torch.Tensor:
+    """x [M, K] @ the int4 weight in torch's kernel layout -> [M, N] in x's dtype (+ bias), x rounded
+    to bf16 for the kernel."""
+    flat = x.to(torch.bfloat16).contiguous()
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, weight, group_size, scales_zeros).to(x.dtype)
+    return out if bias is None else out + bias.to(x.dtype)
 
 
 class Int4Linear(nn.Module):
@@ -127,14 +139,20 @@ class Int4Linear(nn.Module):
                 and x.numel() // self.in_features <= KERNEL_MAX_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
         if not self._use_kernel(x):
+            bias = None if self.bias is None else self.bias.to(x.dtype)
             return linear_in_row_blocks(x, self.out_features, lambda a, b: self._rows_between(a, b, x.dtype), bias)
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         weight, scales_zeros = self._kernel_tensors()
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, weight, self.group_size, scales_zeros)
-        out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        return out if bias is None else out + bias
+        out = packed_product(x.reshape(-1, self.in_features), weight, scales_zeros, self.bias,
+                             group_size=self.group_size)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def one_row_product(self) -> Product | None:
+        """The product `forward` computes on one row on the CPU, as a pure function and its arguments;
+        None where it dequantises (out_features not a multiple of 64)."""
+        if not is_blocked(self.out_features):
+            return None
+        return functools.partial(packed_product, group_size=self.group_size), (*self._kernel_tensors(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

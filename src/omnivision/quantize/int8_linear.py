@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
-from omnivision.kernels.compiled_dot import compiled, verified
+from omnivision.kernels.compiled_dot import compiled, int8_dot, verified
+from omnivision.model.linear import Product
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
@@ -77,6 +78,22 @@ def int8_activation_product(x: torch.Tensor, qweight: torch.Tensor, scales: torc
     xq, row_scales = quantize_rows(x)
     sums = torch._int_mm(xq, qweight.t())  # [M, N] int32
     return sums.float().mul_(row_scales).mul_(scales)
+
+
+def packed_product(x: torch.Tensor, qweight: torch.Tensor, bf16_scales: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] @ (qweight [N, K] * bf16_scales [N])^T (+ bias) -> [M, N] in x's dtype, on torch's
+    packed int8 kernel (x rounded to bf16 for it)."""
+    out = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), qweight, bf16_scales).to(x.dtype)
+    return out if bias is None else out + bias.to(x.dtype)
+
+
+def dot_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """As `packed_product`, as the multiply-and-sum `int8_dot` (uncompiled, for tracing into a
+    compiled step)."""
+    out = int8_dot(x.to(torch.bfloat16), qweight, scales).to(x.dtype)
+    return out if bias is None else out + bias.to(x.dtype)
 
 
 def activations_allowed() -> bool:
@@ -127,20 +144,29 @@ class Int8Linear(nn.Module):
         rows = x.numel() // self.in_features
         if (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS
                 and self.in_features % PACKED_K_MULTIPLE == 0):
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+            flat = x.reshape(-1, self.in_features)
             one_row = rows == 1 and one_row_kernel(self.out_features, self.in_features) == COMPILED_DOT
             if one_row and (dot := compiled("int8")) is not None:
-                out = dot(flat, self.qweight, self.scales)  # [1, N]
+                out = dot(flat.to(torch.bfloat16), self.qweight, self.scales).to(x.dtype)  # [1, N]
+                out = out if self.bias is None else out + self.bias.to(x.dtype)
             else:
-                out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self._bf16_scales())
-            out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-            return out if self.bias is None else out + self.bias.to(x.dtype)
+                out = packed_product(flat, self.qweight, self._bf16_scales(), self.bias)
+            return out.reshape(*x.shape[:-1], self.out_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self._int8_activations(x, rows):
             out = int8_activation_product(x, self.qweight, self.scales)
             out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return out if bias is None else out + bias
         return linear_in_row_blocks(x, self.out_features, lambda a, b: self._rows_between(a, b, x.dtype), bias)
+
+    def one_row_product(self) -> Product | None:
+        """The product `forward` computes on one row on the CPU, as a pure function and its arguments;
+        None where it dequantises (in_features not a multiple of `PACKED_K_MULTIPLE`)."""
+        if self.in_features % PACKED_K_MULTIPLE:
+            return None
+        if one_row_kernel(self.out_features, self.in_features) == COMPILED_DOT and compiled("int8") is not None:
+            return dot_product, (self.qweight, self.scales, self.bias)
+        return packed_product, (self.qweight, self._bf16_scales(), self.bias)
 
     def _int8_activations(self, x: torch.Tensor, rows: int) -> bool:
         if not (self.activation_quantization and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES

@@ -1,0 +1,199 @@
+"""The decoder's step for one new position of one sequence, each layer compiled by `torch.compile`.
+
+A decode step of one sequence runs some fifteen small operations per layer around its seven one-row
+products, and in eager mode each pays torch's dispatch. Profiled on the 2-core AMD EPYC (968M
+shapes, int8 weights, torch 2.13): the products took 28 of the step's 42 ms, and the norms, rotary
+positions, cache writes, activations and residual sums most of the rest. Compiled, each layer is a
+few fused loops around the products (the multiply-and-sum products of `kernels.compiled_dot` are
+generated inside them; torch's packed int8 / int4 kernels are called from them), and a decode step
+of that model took 32 ms instead of 44 (bf16: 60 instead of 73).
+
+What it covers: one row, one new position, a `KVCache` without padding, on the CPU, outside
+autograd, in decoders of at least `MIN_WEIGHTS` weights in their layers (a smaller one decodes in a
+few milliseconds and would only pay the compile, a few seconds once per process). Every linear
+layer must describe its one-row product as a pure function (`one_row_product`); a layer that cannot
+(an int8 layer torch's kernel cannot take) keeps the whole decoder eager. Every other step (prompts,
+batches, padded rows, training) runs the eager layers.
+
+The layer step is one function compiled once per process with dynamic shapes (one compilation for
+every cache length, and for every layer of the same kernels); inductor's on-disk cache shortens the
+compile in later processes. The first step of each decoder is checked against the eager layer; a
+compile failure or a disagreement (torch 2.13's inductor has given wrong dynamic-shape reductions
+under `ATEN_CPU_CAPABILITY=avx2`) keeps that decoder eager, with a warning. `OMNIVISION_COMPILE=off`
+keeps every decoder eager.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from omnivision.kernels.compiled_dot import compile_allowed
+from omnivision.model.kv_cache import KVCache
+from omnivision.model.linear import Product
+from omnivision.model.qwen2 import Qwen2DecoderLayer, Qwen2ForCausalLM, apply_rotary, one_query_attention, rms_norm
+
+MIN_WEIGHTS = 50_000_000
+"""Decoders with fewer weights in their layers decode eagerly (the 968M's have 358 million)."""
+
+
+class LayerPlan(NamedTuple):
+    """One decoder layer as tensors and pure product functions, what `layer_step` takes."""
+
+    input_norm: torch.Tensor  # [D]
+    post_norm: torch.Tensor  # [D]
+    eps: float
+    heads: int
+    q: Product
+    k: Product
+    v: Product
+    o: Product
+    gate: Product
+    up: Product
+    down: Product
+
+
+def _run(product: Product, x: torch.Tensor) -> torch.Tensor:
+    function, args = product
+    return function(x, *args)
+
+
+def layer_step(plan: LayerPlan, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               keys: torch.Tensor, values: torch.Tensor, position: int) -> torch.Tensor:
+    """`Qwen2DecoderLayer` on one new position: x [1, D], cos/sin [1, 1, 1, hd], this layer's cache
+    buffers keys/values [1, Hkv, L, hd] with `position` positions filled -> [1, D]; writes the new
+    key and value at `position`."""
+    kv_heads, head_dim = keys.shape[1], keys.shape[3]
+    h = rms_norm(x, plan.input_norm, plan.eps)
+    q = _run(plan.q, h).view(1, plan.heads, 1, head_dim)  # [1, H, 1, hd]
+    k = _run(plan.k, h).view(1, kv_heads, 1, head_dim)  # [1, Hkv, 1, hd]
+    v = _run(plan.v, h).view(1, kv_heads, 1, head_dim)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    keys[:, :, position:position + 1] = k
+    values[:, :, position:position + 1] = v
+    end = position + 1
+    attended = one_query_attention(q, keys[:, :, :end], values[:, :, :end], None)  # [1, H, 1, hd]
+    x = x + _run(plan.o, attended.reshape(1, plan.heads * head_dim))
+    h = rms_norm(x, plan.post_norm, plan.eps)
+    return x + _run(plan.down, F.silu(_run(plan.gate, h)) * _run(plan.up, h))
+
+
+def _layer_plan(layer: Qwen2DecoderLayer) -> LayerPlan | None:
+    attn, mlp = layer.self_attn, layer.mlp
+    modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    products = [m.one_row_product() if hasattr(m, "one_row_product") else None for m in modules]
+    if any(p is None for p in products):
+        return None
+    return LayerPlan(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                     layer.input_layernorm.eps, attn.num_heads, *products)
+
+
+class _Decoder:
+    """A decoder's plans, the state of its weights they were made from, and whether they are trusted."""
+
+    def __init__(self, key: tuple, plans: list[LayerPlan] | None) -> None:
+        self.key, self.plans, self.checked = key, plans, False
+
+
+_decoders: weakref.WeakKeyDictionary[Qwen2ForCausalLM, _Decoder] = weakref.WeakKeyDictionary()
+_compiled_step = None
+_lock = threading.Lock()
+
+
+def _weights_key(lm: Qwen2ForCausalLM) -> tuple:
+    """Changes when a layer's tensor is replaced or changed in place, or the thread count changes
+    (kernel choices are made per thread count)."""
+    tensors = [t for layer in lm.model.layers for t in (*layer.parameters(), *layer.buffers())]
+    return (torch.get_num_threads(), lm.model.norm.weight.dtype, *((t.data_ptr(), t._version) for t in tensors))
+
+
+def layer_weights(lm: Qwen2ForCausalLM) -> int:
+    cfg = lm.config
+    per_layer = cfg.hidden_size * (2 * cfg.num_heads * cfg.head_dim + 2 * cfg.num_kv_heads * cfg.head_dim
+                                   + 3 * cfg.intermediate_size)
+    return cfg.num_layers * per_layer
+
+
+def _step_function():
+    global _compiled_step
+    with _lock:
+        if _compiled_step is None:
+            _compiled_step = torch.compile(layer_step, dynamic=True)
+        return _compiled_step
+
+
+def _decoder(lm: Qwen2ForCausalLM) -> _Decoder:
+    key = _weights_key(lm)
+    known = _decoders.get(lm)
+    if known is None or known.key != key:
+        plans = [_layer_plan(layer) for layer in lm.model.layers]
+        known = _Decoder(key, None if any(p is None for p in plans) else plans)
+        _decoders[lm] = known
+    return known
+
+
+def applies(lm: Qwen2ForCausalLM, embeds: torch.Tensor, key_valid: torch.Tensor | None, cache) -> bool:
+    """Whether `forward` takes this step (see the module docstring)."""
+    return (embeds.shape[:2] == (1, 1) and key_valid is None and type(cache) is KVCache
+            and embeds.device.type == "cpu" and not torch.is_grad_enabled() and compile_allowed()
+            and layer_weights(lm) >= MIN_WEIGHTS)
+
+
+def forward(lm: Qwen2ForCausalLM, embeds: torch.Tensor, positions: torch.Tensor,
+            cache: KVCache) -> torch.Tensor | None:
+    """`lm(embeds, positions, None, cache)` for one new position of one sequence (embeds [1, 1, D],
+    positions [1, 1]) through the compiled layer step: the final-norm hidden states [1, 1, D], or None
+    (nothing computed, nothing written) where this decoder keeps the eager step."""
+    decoder = _decoder(lm)
+    if decoder.plans is None:
+        return None
+    cos, sin = lm.model.rotary(positions, embeds.dtype)  # [1, 1, 1, hd]
+    position = cache.length
+    if position + 1 > cache.max_len:
+        raise ValueError(f"KV cache overflow: {position + 1} positions needed, {cache.max_len} allocated")
+    x = embeds[:, 0]  # [1, D]
+    step = _step_function()
+    first = 0
+    if not decoder.checked:
+        x = _first_layer_checked(lm, decoder.plans[0], step, x, cos, sin, cache)
+        if x is None:
+            decoder.plans = None
+            return None
+        decoder.checked, first = True, 1
+    for i in range(first, len(decoder.plans)):
+        x = step(decoder.plans[i], x, cos, sin, cache.keys[i], cache.values[i], position)
+    cache.advance(1)
+    return lm.model.norm(x)[:, None]
+
+
+def layer_outputs_agree(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether a compiled layer's output is the eager one's up to rounding: finite, and off by at most
+    2^-5 of its norm in bf16 (the eager layer rounds every intermediate to bf16, the compiled one
+    keeps them in fp32 inside its loops: a few bf16 steps apart) or 1e-4 in fp32. Wrong sums are off
+    by about their whole norm."""
+    tol = 1e-4 if want.dtype == torch.float32 else 2 ** -5
+    difference = (got.float() - want.float()).norm()
+    return bool(torch.isfinite(got).all()) and bool(difference <= tol * want.float().norm())
+
+
+def _first_layer_checked(lm: Qwen2ForCausalLM, plan: LayerPlan, step, x: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+    """Layer 0 compiled, checked against layer 0 eager on the same step (both write the same cache
+    position): its output [1, D], or None with a warning."""
+    want = lm.model.layers[0](x[:, None], (cos, sin), None, cache, 0)[:, 0]  # [1, D]
+    try:
+        got = step(plan, x, cos, sin, cache.keys[0], cache.values[0], cache.length)
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: decode eagerly
+        warnings.warn(f"decode steps stay eager: torch.compile failed ({type(err).__name__}: {str(err)[:200]})",
+                      stacklevel=4)
+        return None
+    if not layer_outputs_agree(got, want):
+        warnings.warn("decode steps stay eager: the compiled decoder layer disagrees with the eager one",
+                      stacklevel=4)
+        return None
+    return got

@@ -1,0 +1,163 @@
+"""`model.one_row_step`: the compiled decode step of one sequence gives the eager step's logits and cache
+(fp32, bf16, int8, int4 weights), applies only where it may, follows weights changed in place, and
+falls back to the eager step, with a warning, when compiling fails or the compiled layer is wrong."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from omnivision.config import TextConfig, preset
+from omnivision.generation.generate import decode_step, prefill
+from omnivision.kernels.compiled_dot import COMPILE_ENV
+from omnivision.model import one_row_step
+from omnivision.model.kv_cache import KVCache
+from omnivision.model.omnivision import init_weights
+from omnivision.model.qwen2 import LanguageOnly, Qwen2ForCausalLM
+from omnivision.quantize.apply import quantize_model
+
+# head_dim 32 and 2 kv heads: every product has out_features a multiple of 64 (torch's int4 kernel)
+CFG = TextConfig(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=96)
+FED = torch.tensor([7, 30, 2, 55, 12, 80])
+"""The tokens decode steps are fed (not each path's own argmax: random weights make near-ties)."""
+STEPS = len(FED)
+
+
+@pytest.fixture(autouse=True)
+def any_size(monkeypatch):
+    """Small test decoders take the compiled step too."""
+    monkeypatch.setattr(one_row_step, "MIN_WEIGHTS", 0)
+
+
+def decoder(scheme: str | None = None, dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    lm = Qwen2ForCausalLM(CFG)
+    with torch.no_grad():
+        init_weights(lm, std=0.1)
+        for layer in lm.model.layers:  # norms away from 1, so that a swapped norm weight shows
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+    lm = lm.to(dtype).eval()
+    if scheme is not None:
+        quantize_model(LanguageOnly(lm), scheme, parts=("language",))
+    return lm
+
+
+@torch.inference_mode()
+def decode(lm: Qwen2ForCausalLM, prompt: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+    """Logits [STEPS, V] of decode steps fed `FED` after `prompt` [1, T], and the cache."""
+    logits, state = prefill(lm, lm.embed(prompt), None, prompt.shape[1] + STEPS + 1)
+    out = []
+    for token in FED:
+        logits = decode_step(lm, token[None], state)
+        out.append(logits[0].float())
+    return torch.stack(out), state.cache
+
+
+def eager(lm: Qwen2ForCausalLM, prompt: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, KVCache]:
+    with monkeypatch.context() as m:
+        m.setenv(COMPILE_ENV, "off")
+        return decode(lm, prompt)
+
+
+PROMPT = torch.tensor([[5, 17, 3, 88, 41, 9, 60]])
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("scheme, dtype, tol", [(None, torch.float32, 1e-4), (None, torch.bfloat16, 3e-2),
+                                                ("int8", torch.bfloat16, 3e-2), ("int8", torch.float32, 1e-2),
+                                                ("int4-g32", torch.bfloat16, 3e-2)])
+def test_compiled_step_gives_the_eager_logits_and_cache(scheme, dtype, tol, monkeypatch):
+    lm = decoder(scheme, dtype)
+    want, want_cache = eager(lm, PROMPT, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="decode steps stay eager")  # must not happen here
+        got, got_cache = decode(lm, PROMPT)
+    assert one_row_step._decoders[lm].checked and one_row_step._decoders[lm].plans is not None
+    # relative to the logits' size: the eager step rounds every intermediate in bf16
+    for got_step, want_step in zip(got, want):
+        assert (got_step - want_step).norm() <= tol * want_step.norm()
+    assert got_cache.length == want_cache.length == PROMPT.shape[1] + STEPS
+    for k_got, k_want in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+        assert (k_got.float() - k_want.float()).norm() <= tol * k_want.float().norm()
+
+
+@pytest.mark.long
+def test_weights_changed_in_place_are_followed(monkeypatch):
+    lm = decoder(dtype=torch.float32)
+    before, _ = decode(lm, PROMPT)
+    other = decoder(dtype=torch.float32, seed=1)
+    lm.load_state_dict(other.state_dict())  # in place: the same tensors, new values
+    got, _ = decode(lm, PROMPT)
+    want, _ = eager(lm, PROMPT, monkeypatch)
+    assert (got - want).norm() <= 1e-4 * want.norm()
+    assert (got - before).norm() > 0.1 * want.norm()
+
+
+def fake_step(result):
+    calls = []
+
+    def step(plan, x, cos, sin, keys, values, position):
+        calls.append(position)
+        return result(x)
+    return step, calls
+
+
+@pytest.mark.parametrize("broken", ["wrong", "fails"])
+def test_a_wrong_or_failing_compiled_layer_keeps_the_eager_step(broken, monkeypatch):
+    lm = decoder()
+    want, _ = eager(lm, PROMPT, monkeypatch)
+
+    def result(x):
+        if broken == "fails":
+            raise RuntimeError("no C++ compiler")
+        return x * 0 + 3.0
+
+    step, calls = fake_step(result)
+    monkeypatch.setattr(one_row_step, "_step_function", lambda: step)
+    with pytest.warns(UserWarning, match="decode steps stay eager"):
+        got, cache = decode(lm, PROMPT)
+    assert len(calls) == 1  # tried once, on the first step, then never again for this decoder
+    assert one_row_step._decoders[lm].plans is None
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert cache.length == PROMPT.shape[1] + STEPS
+
+
+def test_steps_it_does_not_take(monkeypatch):
+    step, calls = fake_step(lambda x: x)
+    monkeypatch.setattr(one_row_step, "_step_function", lambda: step)
+    lm = decoder()
+    embeds = torch.zeros(1, 1, CFG.hidden_size)
+    cache = lm.new_cache(1, 8)
+    with torch.inference_mode():
+        assert one_row_step.applies(lm, embeds, None, cache)
+        assert not one_row_step.applies(lm, torch.zeros(2, 1, CFG.hidden_size), None, lm.new_cache(2, 8))
+        assert not one_row_step.applies(lm, torch.zeros(1, 2, CFG.hidden_size), None, cache)
+        assert not one_row_step.applies(lm, embeds, torch.ones(1, 3, dtype=torch.bool), cache)
+        monkeypatch.setenv(COMPILE_ENV, "off")
+        assert not one_row_step.applies(lm, embeds, None, cache)
+        monkeypatch.delenv(COMPILE_ENV)
+        monkeypatch.setattr(one_row_step, "MIN_WEIGHTS", one_row_step.layer_weights(lm) + 1)
+        assert not one_row_step.applies(lm, embeds, None, cache)
+    assert not one_row_step.applies(lm, embeds, None, cache)  # autograd records here
+    assert calls == []
+
+
+def test_the_968m_decoder_is_large_enough():
+    cfg = preset("omnivision-968m").text
+    lm = Qwen2ForCausalLM.__new__(Qwen2ForCausalLM)
+    lm.config = cfg
+    assert one_row_step.layer_weights(lm) == 357_826_560 >= 50_000_000
+
+
+def test_a_layer_without_a_one_row_product_keeps_the_decoder_eager(monkeypatch):
+    step, calls = fake_step(lambda x: x)
+    monkeypatch.setattr(one_row_step, "_step_function", lambda: step)
+    lm = decoder()
+    lm.model.layers[1].mlp.down_proj = torch.nn.Linear(CFG.intermediate_size, CFG.hidden_size, bias=False)
+    want, _ = eager(lm, PROMPT, monkeypatch)
+    got, _ = decode(lm, PROMPT)
+    assert calls == [] and one_row_step._decoders[lm].plans is None
+    torch.testing.assert_close(got, want)
