@@ -103,7 +103,7 @@ def decode_step(lm: Qwen2ForCausalLM, tokens: torch.Tensor, state: Decoding) -> 
     embeds = lm.embed(tokens[:, None])  # [B, 1, D]
     hidden = None
     if one_row_step.applies(lm, embeds, state.key_valid, state.cache):
-        hidden = one_row_step.forward(lm, embeds, state.next_positions, state.cache)
+        hidden = one_row_step.forward(lm, embeds, state.next_positions, state.cache, state)
     if hidden is None:
         hidden = lm(embeds, state.next_positions, state.key_valid, state.cache)  # [B, 1, D]
     state.next_positions = state.next_positions + 1
