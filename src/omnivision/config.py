@@ -72,7 +72,8 @@ def _check_types(config: Any) -> None:
 
 def _require_sizes(config: Any, names: tuple[str, ...], limit: int) -> None:
     for name in names:
-        _require(0 < getattr(config, name) <= limit, name, f"must be between 1 and {limit}, got {getattr(config, name)}")
+        value = getattr(config, name)
+        _require(0 < value <= limit, name, f"must be between 1 and {limit}, got {value}")
 
 
 @dataclass
