@@ -31,6 +31,8 @@ def _offset(rng: random.Random, size: int, focus: int | None, align: int = 1) ->
 
 
 def flip_bits(data: bytes, rng: random.Random, focus: int | None) -> tuple[bytes, str]:
+    if not data:  # an earlier truncation left nothing
+        return data, "no bits to flip"
     out = bytearray(data)
     where = []
     for _ in range(rng.randint(1, 8)):
@@ -41,6 +43,8 @@ def flip_bits(data: bytes, rng: random.Random, focus: int | None) -> tuple[bytes
 
 
 def set_bytes(data: bytes, rng: random.Random, focus: int | None) -> tuple[bytes, str]:
+    if not data:
+        return data, "no bytes to set"
     out = bytearray(data)
     pos = _offset(rng, len(out), focus)
     n = rng.randint(1, 4)
