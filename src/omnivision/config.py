@@ -61,13 +61,17 @@ _TYPES = {  # annotation (a string: annotations are not evaluated) -> (check, wh
 
 def _check_types(config: Any) -> None:
     """Every field holds what its annotation says: a config read from JSON can hold anything, and a
-    list where a number belongs would otherwise fail deep inside torch."""
+    list where a number belongs would otherwise fail deep inside torch. A float field given an
+    integer (JSON `1000000`) holds it as a float: torch takes an eps of 2**64 as a float, not as
+    an int."""
     for f in dataclasses.fields(config):
         check, what = _TYPES.get(f.type, (None, ""))
         value = getattr(config, f.name)
         if check is not None and not check(value):
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise ValueError(f"config field {f.name!r}: must be {what}, got {type(value).__name__} {shown}")
+        if f.type == "float":
+            setattr(config, f.name, float(value))
 
 
 def _require_sizes(config: Any, names: tuple[str, ...], limit: int) -> None:

@@ -261,6 +261,16 @@ def test_config_value_of_the_wrong_type_or_size(saved: Path, part, field, value,
     assert CONFIG in message and "invalid config" in message and problem in message, message
 
 
+def test_an_integer_eps_is_held_as_a_float(saved: Path) -> None:
+    # found by fuzzing (native:0:2184): rms_norm_eps 2**64 reached torch as an int, OverflowError
+    meta = json.loads((saved / CONFIG).read_text())
+    meta["config"]["text"]["rms_norm_eps"] = 2**64
+    (saved / CONFIG).write_text(json.dumps(meta))
+    model, _ = load_native(saved)
+    assert type(model.config.text.rms_norm_eps) is float
+    assert _logits(model).shape[-1] == model.config.text.vocab_size
+
+
 def test_config_nested_deeper_than_json_parses(saved: Path) -> None:
     meta = json.loads((saved / CONFIG).read_text())
     meta["config"]["vision"]["hidden_size"] = "DEEP"
