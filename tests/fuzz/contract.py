@@ -2,8 +2,8 @@
 
 A command ends in an answer (exit status 0) or in a refusal: exactly one stderr line `error: ...`, of
 at most `MAX_ERROR_CHARS` characters, and exit status 2. A request ends in an answer (2xx) or in a
-4xx with OpenAI's error envelope `{"error": {"message": str, "type": str, ...}}`. Anything else is a failure, named by
-its kind.
+4xx with OpenAI's error envelope `{"error": {"message": str, "type": str, ...}}`, its message no
+longer than `MAX_ERROR_CHARS` either. Anything else is a failure, named by its kind.
 """
 
 from __future__ import annotations
@@ -60,7 +60,10 @@ def judge_request(result: dict) -> tuple[str, str]:
     if 200 <= status < 300:
         return ANSWERED, ""
     if 400 <= status < 500 and _is_envelope(text):
-        return REFUSED, f"{status}: {json.loads(text)['error']['message'][:200]}"
+        message = json.loads(text)["error"]["message"]
+        if len(message) > MAX_ERROR_CHARS:
+            return "contract", f"{status}: an error message of {len(message)} characters: {message[:200]}"
+        return REFUSED, f"{status}: {message[:200]}"
     return ("envelope" if 400 <= status < 500 else "contract"), f"{status}: {text[:300]}"
 
 

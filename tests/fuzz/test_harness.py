@@ -107,6 +107,7 @@ def test_a_hang_and_a_death_are_caught_and_the_next_case_gets_a_fresh_worker(har
 @pytest.mark.parametrize("status,text,kind", [
     (200, "{}", "answered"),
     (400, '{"error": {"message": "bad", "type": "invalid_request_error", "param": null}}', "refused"),
+    (400, json.dumps({"error": {"message": "x" * 1001, "type": "invalid_request_error"}}), "contract"),
     (422, '{"detail": [{"loc": ["body"], "msg": "bad"}]}', "envelope"),
     (400, "not json", "envelope"),
     (500, '{"error": {"message": "oops", "type": "server_error"}}', "server-error"),
