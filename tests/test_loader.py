@@ -4,6 +4,7 @@ sources it must refuse."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -172,6 +173,20 @@ def test_check_refuses_what_load_refuses(sources, tmp_path):
     for refuse in (load, loader.check):
         with pytest.raises(CheckpointError, match="expected one GGUF with general.architecture 'siglip'"):
             refuse(folder)
+
+
+def test_a_token_id_past_the_vocabulary_is_refused(sources, tmp_path):
+    # found by fuzzing (native:1:4485): tokenizer.json gave "y" the id 2**31-1, and `run` failed
+    # inside the embedding with IndexError
+    native = shutil.copytree(sources["native"], tmp_path / "native")
+    data = json.loads((native / "tokenizer.json").read_text())
+    data["model"]["vocab"]["y"] = 2**31 - 1
+    (native / "tokenizer.json").write_text(json.dumps(data))
+    for refuse in (load, loader.check):
+        with pytest.raises(CheckpointError) as excinfo:
+            refuse(native)
+        assert str(excinfo.value) == (f"{native / 'tokenizer.json'}: the tokenizer has token id 2147483647, "
+                                      f"past the model's vocabulary of 320 (ids 0 to 319)")
 
 
 def test_check_looks_in_the_hub_cache_only(monkeypatch, sources):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +27,57 @@ RESIZES = ("official", "pil")
 """Image resize: the reference runtime's corner-aligned bicubic, or PIL's bicubic."""
 
 
+MAX_SIZE = 2**24
+"""Largest width, vocabulary or context a config may claim: far above any real model, and small
+enough that no tensor shape built from the config overflows before loading compares it with the
+checkpoint's own tensors."""
+MAX_LAYERS = 1024
+MAX_IMAGE_SIZE = 2**16
+
+
 def _require(cond: bool, name: str, message: str) -> None:
     if not cond:
         raise ValueError(f"config field {name!r}: {message}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_TYPES = {  # annotation (a string: annotations are not evaluated) -> (check, what it needs)
+    "int": (_is_int, "an integer"),
+    "float": (_is_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[float, float, float]": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_number, v)),
+                                   "a list of numbers"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of integers"),
+}
+
+
+def _check_types(config: Any) -> None:
+    """Every field holds what its annotation says: a config read from JSON can hold anything, and a
+    list where a number belongs would otherwise fail deep inside torch. A float field given an
+    integer (JSON `1000000`) holds it as a float: torch takes an eps of 2**64 as a float, not as
+    an int."""
+    for f in dataclasses.fields(config):
+        check, what = _TYPES.get(f.type, (None, ""))
+        value = getattr(config, f.name)
+        if check is not None and not check(value):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise ValueError(f"config field {f.name!r}: must be {what}, got {type(value).__name__} {shown}")
+        if f.type == "float":
+            setattr(config, f.name, float(value))
+
+
+def _require_sizes(config: Any, names: tuple[str, ...], limit: int) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(0 < value <= limit, name, f"must be between 1 and {limit}, got {value}")
 
 
 @dataclass
@@ -46,9 +96,10 @@ class VisionConfig:
     """Whether the (unused) attention-pooling head is part of the weights, as in the release."""
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "num_channels", "hidden_size",
-                     "intermediate_size", "num_layers", "num_heads"):
-            _require(getattr(self, name) > 0, name, "must be positive")
+        _check_types(self)
+        _require_sizes(self, ("image_size", "patch_size"), MAX_IMAGE_SIZE)
+        _require_sizes(self, ("num_channels", "hidden_size", "intermediate_size", "num_heads"), MAX_SIZE)
+        _require_sizes(self, ("num_layers",), MAX_LAYERS)
         _require(self.image_size >= self.patch_size, "image_size",
                  f"{self.image_size} is smaller than patch_size {self.patch_size}")
         _require(self.hidden_size % self.num_heads == 0, "num_heads",
@@ -77,9 +128,10 @@ class ProjectorConfig:
     """Width of the MLP's middle layer (inferred from tensor shapes when loading)."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.compression in COMPRESSIONS, "compression",
                  f"{self.compression!r} is not one of {COMPRESSIONS}")
-        _require(self.hidden_size > 0, "hidden_size", "must be positive")
+        _require_sizes(self, ("hidden_size",), MAX_SIZE)
 
     @property
     def merge(self) -> int:
@@ -103,9 +155,10 @@ class TextConfig:
     tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
-                     "num_heads", "num_kv_heads", "max_position_embeddings"):
-            _require(getattr(self, name) > 0, name, "must be positive")
+        _check_types(self)
+        _require_sizes(self, ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads",
+                              "max_position_embeddings"), MAX_SIZE)
+        _require_sizes(self, ("num_layers",), MAX_LAYERS)
         _require(self.hidden_size % self.num_heads == 0, "num_heads",
                  f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
         _require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
@@ -128,6 +181,7 @@ class ProcessingConfig:
     system_prompt: str = "You are Nano-Omni-VLM, created by Nexa AI. You are a helpful assistant."
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.template in TEMPLATES, "template", f"{self.template!r} is not one of {TEMPLATES}")
         _require(self.resize in RESIZES, "resize", f"{self.resize!r} is not one of {RESIZES}")
         self.image_mean = tuple(float(v) for v in self.image_mean)
@@ -156,6 +210,8 @@ class OmniVisionConfig:
                           ("text", TextConfig), ("processing", ProcessingConfig)):
             if isinstance(getattr(self, part), dict):
                 setattr(self, part, cls(**getattr(self, part)))
+            _require(isinstance(getattr(self, part), cls), part, "must be an object")
+        _check_types(self)
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
         n, merge = self.vision.num_patches, self.projector.merge
         _require(n % merge == 0, "projector.compression",
@@ -195,6 +251,7 @@ class OmniVisionConfig:
             sub = {"vision": VisionConfig, "projector": ProjectorConfig,
                    "text": TextConfig, "processing": ProcessingConfig}.get(f.name)
             if sub is not None:
+                _require(isinstance(value, dict), f.name, f"must be an object, got {type(value).__name__}")
                 sub_known = {g.name for g in dataclasses.fields(sub)}
                 bad = set(value) - sub_known
                 if bad:

@@ -29,7 +29,7 @@ from omnivision.processing.tokenizer import Tokenizer
 from omnivision.vlm import OmniVision
 from omnivision.weights.errors import CheckpointError
 from omnivision.weights.gguf_file import GGUFFile
-from omnivision.weights.native import is_native, load_native
+from omnivision.weights.native import TOKENIZER, is_native, load_native
 from omnivision.weights.release_read import ReleaseFiles, find_release, load_release
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -147,8 +147,21 @@ def resolve(source: str | os.PathLike, *, gguf_type: str | None = None,
 def _build(found: Source, dtype: torch.dtype, keep_quantized: bool, tensor_data: bool
            ) -> tuple[OmniVisionModel, Tokenizer]:
     if found.native is not None:
-        return load_native(found.native, dtype, tensor_data=tensor_data)
-    return load_release(found.release, dtype, keep_quantized, tensor_data=tensor_data)
+        model, tokenizer = load_native(found.native, dtype, tensor_data=tensor_data)
+    else:
+        model, tokenizer = load_release(found.release, dtype, keep_quantized, tensor_data=tensor_data)
+    _check_vocabulary(found, model, tokenizer)
+    return model, tokenizer
+
+
+def _check_vocabulary(found: Source, model: OmniVisionModel, tokenizer: Tokenizer) -> None:
+    """Every id the tokenizer can produce has a row in the embedding; otherwise the first prompt
+    holding that token fails inside torch."""
+    top, rows = tokenizer.max_id, model.config.text.vocab_size
+    if top >= rows:
+        where = found.native / TOKENIZER if found.native is not None else found.release.llm.path
+        raise CheckpointError(where, f"the tokenizer has token id {top}, past the model's vocabulary of "
+                                     f"{rows} (ids 0 to {rows - 1})")
 
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu",

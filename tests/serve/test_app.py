@@ -114,6 +114,17 @@ def test_malformed_json_is_400_not_422(nano, raw) -> None:
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
 
 
+def test_a_lone_surrogate_and_a_huge_model_name_are_400_and_404(nano) -> None:
+    # found by fuzzing (request:0:2322, request:0:3798): a 500, and a 404 quoting 70,000 characters
+    with client_for(nano) as client:
+        raw = b'{"model": "omnivision", "messages": [{"role": "user", "content": "\\udcff"}]}'
+        error = _error(client.post("/v1/chat/completions", content=raw,
+                                   headers={"content-type": "application/json"}), 400)
+        assert error["code"] == "invalid_text" and error["param"] == "messages[0].content"
+        error = _error(client.post("/v1/chat/completions", json={**_ask(None), "model": "A" * 70_000}), 404)
+        assert len(error["message"]) < 200 and "(70002 characters)" in error["message"]
+
+
 def test_unknown_model_and_route(nano) -> None:
     with client_for(nano) as client:
         error = _error(client.post("/v1/chat/completions", json={**_ask(None), "model": "gpt-4o"}), 404)

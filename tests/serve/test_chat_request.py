@@ -114,3 +114,21 @@ def test_prompt_bytes_are_capped_before_tokenizing() -> None:
 
 def test_a_body_that_is_not_an_object() -> None:
     assert _refused([1, 2]).param is None
+
+
+# found by fuzzing (request:0:2322): JSON's "\udcff" escape gives a lone surrogate, which failed
+# the byte-size check with UnicodeEncodeError, a 500
+@pytest.mark.parametrize("content,param", [
+    ("\udcff", "messages[0].content"),
+    ([{"type": "text", "text": "ok \ud800"}], "messages[0].content[0].text"),
+])
+def test_text_with_a_lone_surrogate(content, param) -> None:
+    error = _refused(_body(messages=[{"role": "user", "content": content}]))
+    assert error.param == param and error.code == "invalid_text" and "lone surrogate" in error.message
+
+
+# found by fuzzing (request:0:1327 and others): the refused value came back whole in the message
+@pytest.mark.parametrize("field", ["temperature", "max_tokens", "stream", "seed"])
+def test_a_huge_refused_value_is_quoted_short(field) -> None:
+    error = _refused(_body(**{field: "A" * 70_000}))
+    assert error.param == field and len(error.message) < 200 and "(70002 characters)" in error.message

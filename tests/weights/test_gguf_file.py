@@ -299,6 +299,17 @@ def test_absurd_dimensions(tmp_path: Path) -> None:
     expect_error(write(tmp_path, content), "'a'", "over the limit of 2**40")
 
 
+def test_a_name_that_swallows_the_file_is_shortened_in_the_error(tmp_path: Path) -> None:
+    # found by fuzzing (gguf:0:196): a damaged name length made a tensor name of the next 4 KiB of
+    # the tensor table, and the whole of it went into the one-line error
+    garbage = "blk.1.attn_k.bias" + "\x01\x00" * 2000
+    info = gstr(garbage) + u32(2**31) + u64(4) + u32(F32) + u64(0)
+    message = expect_error(write(tmp_path, gguf_bytes(infos=[info], data=b"\0" * 64)),
+                           "has 2147483648 dimensions; expected 1 to 4", "'blk.1.attn_k.bias")
+    assert len(message) < 500 + len(str(tmp_path)), len(message)
+    assert "characters ...]" in message
+
+
 @pytest.mark.parametrize("n_dims", [0, 5, 9, 2**32 - 1])
 def test_bad_n_dims(tmp_path: Path, n_dims: int) -> None:
     info = gstr("a") + u32(n_dims) + u64(4) * min(n_dims, 9) + u32(F32) + u64(0)

@@ -239,6 +239,48 @@ def test_invalid_config_value(saved: Path) -> None:
         load_native(saved)
 
 
+# found by fuzzing (native:0:73, native:0:125, native:0:419, native:0:223): these reached torch
+# and ended in a TypeError, a RuntimeError or a RecursionError traceback
+@pytest.mark.parametrize("part,field,value,problem", [
+    ("vision", "layer_norm_eps", [], "'layer_norm_eps': must be a finite number, got list []"),
+    ("vision", "patch_size", 0.5, "'patch_size': must be an integer, got float 0.5"),
+    ("text", "tie_word_embeddings", "yes", "'tie_word_embeddings': must be true or false"),
+    ("text", "vocab_size", 2**63 - 1, f"'vocab_size': must be between 1 and {2**24}, got {2**63 - 1}"),
+    ("text", "num_layers", 2**31 - 1, "'num_layers': must be between 1 and 1024"),
+    ("processing", "image_std", ["a", 1, 1], "'image_std': must be a list of numbers"),
+    (None, "stop_token_ids", [1.5], "'stop_token_ids': must be a list of integers"),
+    (None, "vision", 7, "'vision': must be an object, got int"),
+])
+def test_config_value_of_the_wrong_type_or_size(saved: Path, part, field, value, problem) -> None:
+    meta = json.loads((saved / CONFIG).read_text())
+    (meta["config"][part] if part else meta["config"])[field] = value
+    (saved / CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as excinfo:
+        load_native(saved)
+    message = _one_line_error(excinfo)
+    assert CONFIG in message and "invalid config" in message and problem in message, message
+
+
+def test_an_integer_eps_is_held_as_a_float(saved: Path) -> None:
+    # found by fuzzing (native:0:2184): rms_norm_eps 2**64 reached torch as an int, OverflowError
+    meta = json.loads((saved / CONFIG).read_text())
+    meta["config"]["text"]["rms_norm_eps"] = 2**64
+    (saved / CONFIG).write_text(json.dumps(meta))
+    model, _ = load_native(saved)
+    assert type(model.config.text.rms_norm_eps) is float
+    assert _logits(model).shape[-1] == model.config.text.vocab_size
+
+
+def test_config_nested_deeper_than_json_parses(saved: Path) -> None:
+    meta = json.loads((saved / CONFIG).read_text())
+    meta["config"]["vision"]["hidden_size"] = "DEEP"
+    (saved / CONFIG).write_text(json.dumps(meta).replace('"DEEP"', "[" * 100_000 + "]" * 100_000))
+    with pytest.raises(CheckpointError) as excinfo:
+        load_native(saved)
+    message = _one_line_error(excinfo)
+    assert "cannot read the config" in message and "recursion" in message
+
+
 def test_missing_tensor(saved: Path) -> None:
     state = load_file(saved / WEIGHTS)
     del state["language.model.norm.weight"]

@@ -197,6 +197,11 @@ class Tokenizer:
         """Number of ids, added tokens included."""
         return self._backend.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def max_id(self) -> int:
+        """The largest id of any token, added tokens included (-1 for an empty vocabulary)."""
+        return max(self._backend.get_vocab(with_added_tokens=True).values(), default=-1)
+
     def _special(self, token: str) -> int:
         tid = self.token_to_id(token)
         if tid is None:

@@ -27,7 +27,7 @@ from omnivision.serve import image_intake, openai_format
 from omnivision.serve.chat_request import ChatRequest, parse_chat_request
 from omnivision.serve.engine import Choice, Engine, Job, Overloaded
 from omnivision.serve.events import Done, Failed, Finished, Piece
-from omnivision.serve.errors import APIError, bad_request, envelope
+from omnivision.serve.errors import APIError, bad_request, envelope, shown
 from omnivision.serve.guard import Guard
 from omnivision.serve.openapi_schema import OPENAPI_EXTRA
 from omnivision.serve.settings import ServerSettings
@@ -131,7 +131,7 @@ def create_app(vlm: OmniVision, settings: ServerSettings | None = None) -> Any:
                                code="invalid_json") from None
             req = parse_chat_request(body, settings.limits)
             if req.model != settings.model_name:
-                raise APIError(404, f"the model {req.model!r} does not exist; this server has "
+                raise APIError(404, f"the model {shown(req.model)} does not exist; this server has "
                                f"{settings.model_name!r}", param="model", code="model_not_found")
             ids = await asyncio.to_thread(_prompt_ids, vlm, req)
             budget = _token_budget(vlm, req, len(ids), settings.default_max_tokens)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from omnivision.serve.errors import APIError, bad_request
+from omnivision.serve.errors import APIError, bad_request, shown
 from omnivision.serve.settings import Limits
 
 
@@ -70,7 +70,7 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, *, lo_o
         return default
     if not _is_number(v) or v > hi or (v <= lo if lo_open else v < lo):
         bound = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
-        raise bad_request(f"{name} must be a number in {bound}, got {v!r}", name)
+        raise bad_request(f"{name} must be a number in {bound}, got {shown(v)}", name)
     return float(v)
 
 
@@ -80,7 +80,7 @@ def _integer(body: dict, name: str, lo: int, hi: int | None) -> int | None:
         return None
     if not _is_int(v) or v < lo or (hi is not None and v > hi):
         limit = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise bad_request(f"{name} must be an integer {limit}, got {v!r}", name)
+        raise bad_request(f"{name} must be an integer {limit}, got {shown(v)}", name)
     return v
 
 
@@ -89,14 +89,25 @@ def _flag(body: dict, name: str) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise bad_request(f"{name} must be true or false, got {v!r}", name)
+        raise bad_request(f"{name} must be true or false, got {shown(v)}", name)
     return v
+
+
+def _unicode(text: str, param: str) -> str:
+    """`text`, refused when JSON's escapes made it hold a lone surrogate (`"\\udcff"`): it is not
+    Unicode, and it cannot be encoded for the size limit or the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"the text holds a lone surrogate {text[e.start]!r} at character {e.start}, "
+                          f"which is not valid Unicode", param, "invalid_text") from None
+    return text
 
 
 def _text_parts(content: Any, param: str, allow_images: bool) -> tuple[str, list[ImageRef]]:
     """The text of a message's content (a string or a list of parts) and its image parts."""
     if isinstance(content, str):
-        return content, []
+        return _unicode(content, param), []
     if not isinstance(content, list):
         raise bad_request("content must be a string or a list of content parts", param)
     texts, images = [], []
@@ -108,7 +119,7 @@ def _text_parts(content: Any, param: str, allow_images: bool) -> tuple[str, list
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise bad_request("a text part needs a string 'text'", f"{where}.text")
-            texts.append(part["text"])
+            texts.append(_unicode(part["text"], f"{where}.text"))
         elif kind == "image_url":
             if not allow_images:
                 raise bad_request("only user messages can carry images", where)
@@ -118,7 +129,7 @@ def _text_parts(content: Any, param: str, allow_images: bool) -> tuple[str, list
                 raise bad_request("an image_url part needs a non-empty 'url'", f"{where}.image_url.url")
             images.append(ImageRef(url, f"{where}.image_url.url"))
         else:
-            raise bad_request(f"unsupported content part type {kind!r} (use 'text' or 'image_url')",
+            raise bad_request(f"unsupported content part type {shown(kind)} (use 'text' or 'image_url')",
                               f"{where}.type", "unsupported_content")
     return "\n".join(texts), images
 
@@ -150,7 +161,7 @@ def _messages(body: dict, limits: Limits) -> tuple[list[ChatMessage], str | None
                                   "too_many_images")
             out.append(ChatMessage(role, text, images[0] if images else None))
         else:
-            raise bad_request(f"unsupported role {role!r} (use system, user or assistant)", f"{where}.role")
+            raise bad_request(f"unsupported role {shown(role)} (use system, user or assistant)", f"{where}.role")
     if not out or out[-1].role != "user":
         raise bad_request("the last message must be from the user", "messages")
     images = sum(m.image is not None for m in out)
@@ -227,7 +238,7 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         raise bad_request("stream_options is only allowed with stream: true", "stream_options")
     seed = body.get("seed")
     if seed is not None and (not _is_int(seed) or not -2**63 <= seed < 2**64):
-        raise bad_request(f"seed must be a 64-bit integer, got {seed!r}", "seed")
+        raise bad_request(f"seed must be a 64-bit integer, got {shown(seed)}", "seed")
     return ChatRequest(
         model=model, messages=tuple(messages), system_prompt=system, max_tokens=max_tokens,
         max_tokens_field=field_name,

@@ -32,5 +32,12 @@ def envelope(status: int, message: str, param: str | None = None, code: str | No
                       "param": param, "code": code}}
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: an error quotes what it refuses, but a 16 MiB
+    string in a number's place must not come back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
     return APIError(400, message, param=param, code=code)

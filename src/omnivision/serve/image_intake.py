@@ -24,7 +24,7 @@ from PIL import Image
 
 from omnivision.processing.image import ImageError, load_image
 from omnivision.serve.chat_request import ImageRef
-from omnivision.serve.errors import APIError, bad_request
+from omnivision.serve.errors import APIError, bad_request, shown
 from omnivision.serve.settings import ServerSettings
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
@@ -38,7 +38,7 @@ def _from_data_url(url: str, ref: ImageRef, cap: int) -> bytes:
         raise bad_request("a data URL must look like data:image/png;base64,...", ref.param, "invalid_image_url")
     mime = (head["mime"] or "").lower()
     if mime not in _MIMES:
-        raise bad_request(f"data URL type {mime or 'none'!r} is not an image this server takes "
+        raise bad_request(f"data URL type {shown(mime or 'none')} is not an image this server takes "
                           "(image/png, image/jpeg, image/webp)", ref.param, "unsupported_image_format")
     if not head["b64"]:
         raise bad_request("image data URLs must be base64-encoded (;base64,)", ref.param, "invalid_image_url")
@@ -88,7 +88,7 @@ def image_bytes(ref: ImageRef, settings: ServerSettings) -> bytes:
         return fetch(url, ref, settings.remote, settings.limits.image_bytes)
     if scheme in ("file", "") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
         return _from_file(url, ref, settings)
-    raise bad_request(f"unsupported image URL scheme {scheme!r}", ref.param, "invalid_image_url")
+    raise bad_request(f"unsupported image URL scheme {shown(scheme)}", ref.param, "invalid_image_url")
 
 
 def decode(data: bytes, ref: ImageRef, settings: ServerSettings) -> Image.Image:

@@ -25,7 +25,7 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 from omnivision.serve.chat_request import ImageRef
-from omnivision.serve.errors import bad_request
+from omnivision.serve.errors import bad_request, shown
 from omnivision.serve.settings import RemoteMedia
 
 
@@ -80,17 +80,17 @@ def _checked_target(url: str, ref: ImageRef, remote: RemoteMedia, deadline: floa
         raise bad_request("remote images must use https", ref.param, "invalid_image_url")
     host = (parts.hostname or "").lower().rstrip(".")
     if host not in {h.lower().rstrip(".") for h in remote.allowed_hosts}:
-        raise bad_request(f"image host {host!r} is not on this server's allow list", ref.param,
+        raise bad_request(f"image host {shown(host)} is not on this server's allow list", ref.param,
                           "remote_media_not_allowed")
     try:
         addresses = resolve(host, port, max(deadline - time.monotonic(), 0.01))
     except TimeoutError:
-        raise bad_request(f"resolving {host!r} took over {remote.timeout_s:g} s", ref.param,
+        raise bad_request(f"resolving {shown(host)} took over {remote.timeout_s:g} s", ref.param,
                           "remote_media_timeout") from None
     except (OSError, UnicodeError):
-        raise bad_request(f"cannot resolve image host {host!r}", ref.param, "invalid_image_url") from None
+        raise bad_request(f"cannot resolve image host {shown(host)}", ref.param, "invalid_image_url") from None
     if not addresses or not all(public_address(a) for a in addresses):
-        raise bad_request(f"image host {host!r} resolves to a non-public address", ref.param,
+        raise bad_request(f"image host {shown(host)} resolves to a non-public address", ref.param,
                           "remote_media_not_allowed")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return host, port, addresses[0], path

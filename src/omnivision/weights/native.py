@@ -91,7 +91,7 @@ def read_config(path: str | os.PathLike) -> OmniVisionConfig:
     file = Path(path) / CONFIG
     try:
         meta = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nesting deeper than json parses
         raise CheckpointError(file, f"cannot read the config: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(file, f"not an omnivision checkpoint config (no format {FORMAT!r})")

@@ -38,7 +38,7 @@ def recorded_quantization(config_file: str | os.PathLike) -> dict | None:
     config_file = Path(config_file)
     try:
         meta = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nesting deeper than json parses
         raise CheckpointError(config_file, f"cannot read the config: {e}") from None
     entry = meta.get(KEY) if isinstance(meta, dict) else None
     if entry is None:
