@@ -13,7 +13,8 @@ from omnivision.config import TextConfig, preset
 from omnivision.generation.generate import decode_step, prefill
 from omnivision.kernels.compiled_dot import COMPILE_ENV
 from omnivision.model import one_row_step
-from omnivision.model.kv_cache import KVCache
+from omnivision.model.kv_cache import KVCache, PositionedWrite, RowWrite
+from omnivision.model.linear import Linear
 from omnivision.model.omnivision import init_weights
 from omnivision.model.qwen2 import LanguageOnly, Qwen2ForCausalLM
 from omnivision.quantize.apply import quantize_model
@@ -86,13 +87,16 @@ def test_compiled_step_gives_the_eager_logits_and_cache(scheme, dtype, tol, monk
 
 @pytest.mark.long
 def test_weights_changed_in_place_are_followed(monkeypatch):
-    lm = decoder(dtype=torch.float32)
+    """int4 plans hold tensors derived from the weights (torch's kernel layout), so a stale plan
+    would keep computing with the old weights."""
+    lm = decoder("int4-g32", torch.bfloat16)
     before, _ = decode(lm, PROMPT)
-    other = decoder(dtype=torch.float32, seed=1)
-    lm.load_state_dict(other.state_dict())  # in place: the same tensors, new values
+    first = one_row_step._decoders[lm]
+    lm.load_state_dict(decoder("int4-g32", torch.bfloat16, seed=1).state_dict())  # in place
     got, _ = decode(lm, PROMPT)
+    assert one_row_step._decoders[lm] is not first
     want, _ = eager(lm, PROMPT, monkeypatch)
-    assert (got - want).norm() <= 1e-4 * want.norm()
+    assert (got - want).norm() <= 3e-2 * want.norm()
     assert (got - before).norm() > 0.1 * want.norm()
 
 
@@ -125,9 +129,30 @@ def test_a_wrong_or_failing_compiled_layer_keeps_the_eager_step(broken, monkeypa
     assert cache.length == PROMPT.shape[1] + STEPS
 
 
-def test_steps_it_does_not_take(monkeypatch):
-    step, calls = fake_step(lambda x: x)
+def test_a_layer_failing_after_the_check_keeps_the_eager_step(monkeypatch):
+    """A later compile (a new cache length, another layer) can fail too: the step falls back, and
+    the cache is written once per position."""
+    lm = decoder()
+    want, want_cache = eager(lm, PROMPT, monkeypatch)
+    calls = []
+
+    def step(*args):
+        calls.append(args[-1])
+        if len(calls) > 1:
+            raise RuntimeError("recompilation failed")
+        return one_row_step.layer_step(*args)  # the layer's maths, uncompiled: passes the check
+
     monkeypatch.setattr(one_row_step, "_step_function", lambda: step)
+    with pytest.warns(UserWarning, match="a compiled decoder layer failed"):
+        got, cache = decode(lm, PROMPT)
+    assert len(calls) == 2 and one_row_step._decoders[lm].plans is None
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert cache.length == want_cache.length
+    for k_got, k_want in zip(cache.keys + cache.values, want_cache.keys + want_cache.values):
+        torch.testing.assert_close(k_got, k_want, atol=1e-5, rtol=1e-5)
+
+
+def test_steps_it_does_not_take(monkeypatch):
     lm = decoder()
     embeds = torch.zeros(1, 1, CFG.hidden_size)
     cache = lm.new_cache(1, 8)
@@ -136,13 +161,15 @@ def test_steps_it_does_not_take(monkeypatch):
         assert not one_row_step.applies(lm, torch.zeros(2, 1, CFG.hidden_size), None, lm.new_cache(2, 8))
         assert not one_row_step.applies(lm, torch.zeros(1, 2, CFG.hidden_size), None, cache)
         assert not one_row_step.applies(lm, embeds, torch.ones(1, 3, dtype=torch.bool), cache)
+        assert not one_row_step.applies(lm, embeds.half(), None, cache)
+        assert not one_row_step.applies(lm, embeds, None, PositionedWrite(cache, torch.zeros(1, dtype=torch.long)))
+        assert not one_row_step.applies(lm, embeds, None, RowWrite(cache, torch.zeros(1, dtype=torch.long), 4))
         monkeypatch.setenv(COMPILE_ENV, "off")
         assert not one_row_step.applies(lm, embeds, None, cache)
         monkeypatch.delenv(COMPILE_ENV)
         monkeypatch.setattr(one_row_step, "MIN_WEIGHTS", one_row_step.layer_weights(lm) + 1)
         assert not one_row_step.applies(lm, embeds, None, cache)
     assert not one_row_step.applies(lm, embeds, None, cache)  # autograd records here
-    assert calls == []
 
 
 def test_the_968m_decoder_is_large_enough():
@@ -152,11 +179,19 @@ def test_the_968m_decoder_is_large_enough():
     assert one_row_step.layer_weights(lm) == 357_826_560 >= 50_000_000
 
 
-def test_a_layer_without_a_one_row_product_keeps_the_decoder_eager(monkeypatch):
+class ScaledLinear(Linear):
+    """Changes `forward` and inherits `one_row_product`: its product description would be wrong."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("replacement", [torch.nn.Linear, ScaledLinear])
+def test_a_layer_without_its_own_one_row_product_keeps_the_decoder_eager(replacement, monkeypatch):
     step, calls = fake_step(lambda x: x)
     monkeypatch.setattr(one_row_step, "_step_function", lambda: step)
     lm = decoder()
-    lm.model.layers[1].mlp.down_proj = torch.nn.Linear(CFG.intermediate_size, CFG.hidden_size, bias=False)
+    lm.model.layers[1].mlp.down_proj = replacement(CFG.intermediate_size, CFG.hidden_size, bias=False)
     want, _ = eager(lm, PROMPT, monkeypatch)
     got, _ = decode(lm, PROMPT)
     assert calls == [] and one_row_step._decoders[lm].plans is None

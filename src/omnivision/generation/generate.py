@@ -191,7 +191,8 @@ def generate(model: OmniVisionModel, prompt_ids: Sequence[int], image_embeds: to
 
 def generate_batch(model: OmniVisionModel, batch: Sequence[Sequence[int]],
                    image_embeds: torch.Tensor | None, cfg: GenerationConfig) -> list[list[int]]:
-    """Generated ids for each prompt of a batch (same tokens as one at a time, under greedy)."""
+    """Generated ids for each prompt of a batch (same tokens as one at a time, under greedy, up to
+    rounding: one sequence alone may decode through the compiled step, `model.one_row_step`)."""
     out: list[list[int]] = [[] for _ in batch]
     for step in generate_steps(model, batch, image_embeds, cfg):
         for row, token in step.items():

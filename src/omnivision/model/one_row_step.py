@@ -36,8 +36,11 @@ import torch.nn.functional as F
 from omnivision.kernels.compiled_dot import compile_allowed
 from omnivision.model.kv_cache import KVCache
 from omnivision.model.linear import Product
-from omnivision.model.qwen2 import Qwen2DecoderLayer, Qwen2ForCausalLM, apply_rotary, one_query_attention, rms_norm
+from omnivision.model.qwen2 import (Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2MLP, RMSNorm,
+                                    apply_rotary, one_query_attention, rms_norm)
 
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16)
+"""The compute dtypes whose one-row products the layers describe (fp16 takes other paths)."""
 MIN_WEIGHTS = 50_000_000
 """Decoders with fewer weights in their layers decode eagerly (the 968M's have 358 million)."""
 
@@ -83,10 +86,20 @@ def layer_step(plan: LayerPlan, x: torch.Tensor, cos: torch.Tensor, sin: torch.T
     return x + _run(plan.down, F.silu(_run(plan.gate, h)) * _run(plan.up, h))
 
 
+def _describes_its_forward(module) -> bool:
+    """Whether the module's class defines `one_row_product` beside its own `forward` (a subclass that
+    changes `forward` and inherits the product would be compiled with the wrong maths)."""
+    own = vars(type(module))
+    return "one_row_product" in own and "forward" in own
+
+
 def _layer_plan(layer: Qwen2DecoderLayer) -> LayerPlan | None:
     attn, mlp = layer.self_attn, layer.mlp
+    if (type(layer), type(attn), type(mlp)) != (Qwen2DecoderLayer, Qwen2Attention, Qwen2MLP) or not all(
+            type(n) is RMSNorm for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+        return None  # the step copies these classes' maths
     modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    products = [m.one_row_product() if hasattr(m, "one_row_product") else None for m in modules]
+    products = [m.one_row_product() if _describes_its_forward(m) else None for m in modules]
     if any(p is None for p in products):
         return None
     return LayerPlan(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
@@ -99,7 +112,8 @@ class _Decoder:
 
     def __init__(self, key: tuple, plans: list[LayerPlan] | None) -> None:
         self.key, self.plans, self.checked = key, plans, False
-        self.generation: weakref.ref | None = None
+        self.generations: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        """Generations running when the plans were last found current (several threads may decode)."""
 
 
 _decoders: weakref.WeakKeyDictionary[Qwen2ForCausalLM, _Decoder] = weakref.WeakKeyDictionary()
@@ -123,10 +137,11 @@ def layer_weights(lm: Qwen2ForCausalLM) -> int:
 
 def _step_function():
     global _compiled_step
-    with _lock:
-        if _compiled_step is None:
-            _compiled_step = torch.compile(layer_step, dynamic=True)
-        return _compiled_step
+    if _compiled_step is None:
+        with _lock:
+            if _compiled_step is None:
+                _compiled_step = torch.compile(layer_step, dynamic=True)
+    return _compiled_step
 
 
 def _decoder(lm: Qwen2ForCausalLM, generation: object) -> _Decoder:
@@ -134,21 +149,23 @@ def _decoder(lm: Qwen2ForCausalLM, generation: object) -> _Decoder:
     generation, so they are looked at once per generation (a pass over every layer tensor costs
     about 0.7 ms on the 968M, 2 % of an int8 step)."""
     known = _decoders.get(lm)
-    if known is not None and known.generation is not None and known.generation() is generation:
+    if known is not None and known.generations.get(id(generation)) is generation:
         return known
-    key = _weights_key(lm)
-    if known is None or known.key != key:
-        plans = [_layer_plan(layer) for layer in lm.model.layers]
-        known = _Decoder(key, None if any(p is None for p in plans) else plans)
-        _decoders[lm] = known
-    known.generation = weakref.ref(generation)
+    with _lock:
+        key = _weights_key(lm)
+        known = _decoders.get(lm)
+        if known is None or known.key != key:
+            plans = [_layer_plan(layer) for layer in lm.model.layers]
+            known = _Decoder(key, None if any(p is None for p in plans) else plans)
+            _decoders[lm] = known
+        known.generations[id(generation)] = generation  # by id: the state need not be hashable
     return known
 
 
 def applies(lm: Qwen2ForCausalLM, embeds: torch.Tensor, key_valid: torch.Tensor | None, cache) -> bool:
     """Whether `forward` takes this step (see the module docstring)."""
     return (embeds.shape[:2] == (1, 1) and key_valid is None and type(cache) is KVCache
-            and embeds.device.type == "cpu" and not torch.is_grad_enabled() and compile_allowed()
+            and embeds.device.type == "cpu" and embeds.dtype in COMPUTE_DTYPES and not torch.is_grad_enabled() and compile_allowed()
             and layer_weights(lm) >= MIN_WEIGHTS)
 
 
@@ -159,7 +176,8 @@ def forward(lm: Qwen2ForCausalLM, embeds: torch.Tensor, positions: torch.Tensor,
     where this decoder keeps the eager step. `generation` is an object that lives as long as one
     generation (its decoding state) and no longer: the weights are assumed not to change within it."""
     decoder = _decoder(lm, generation)
-    if decoder.plans is None:
+    plans = decoder.plans  # this step's own reference: another thread may disable the decoder
+    if plans is None:
         return None
     cos, sin = lm.model.rotary(positions, embeds.dtype)  # [1, 1, 1, hd]
     position = cache.length
@@ -169,19 +187,26 @@ def forward(lm: Qwen2ForCausalLM, embeds: torch.Tensor, positions: torch.Tensor,
     step = _step_function()
     first = 0
     if not decoder.checked:
-        x = _first_layer_checked(lm, decoder.plans[0], step, x, cos, sin, cache)
+        x = _first_layer_checked(lm, plans[0], step, x, cos, sin, cache)
         if x is None:
             decoder.plans = None
             return None
         decoder.checked, first = True, 1
-    for i in range(first, len(decoder.plans)):
-        x = step(decoder.plans[i], x, cos, sin, cache.keys[i], cache.values[i], position)
+    try:
+        for i in range(first, len(plans)):
+            x = step(plans[i], x, cos, sin, cache.keys[i], cache.values[i], position)
+    except Exception as err:  # noqa: BLE001 - a later recompile can fail too: decode eagerly
+        # nothing has advanced the cache: the eager step writes the same position again
+        warnings.warn(f"decode steps stay eager: a compiled decoder layer failed "
+                      f"({type(err).__name__}: {str(err)[:200]})", stacklevel=3)
+        decoder.plans = None
+        return None
     cache.advance(1)
     return lm.model.norm(x)[:, None]
 
 
 def layer_outputs_agree(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """Whether a compiled layer's output is the eager one's up to rounding: finite, and off by at most
+    """Whether a compiled layer's result is the eager one's up to rounding: finite, and off by at most
     2^-5 of its norm in bf16 (the eager layer rounds every intermediate to bf16, the compiled one
     keeps them in fp32 inside its loops: a few bf16 steps apart) or 1e-4 in fp32. Wrong sums are off
     by about their whole norm."""
@@ -192,16 +217,20 @@ def layer_outputs_agree(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 def _first_layer_checked(lm: Qwen2ForCausalLM, plan: LayerPlan, step, x: torch.Tensor, cos: torch.Tensor,
                          sin: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-    """Layer 0 compiled, checked against layer 0 eager on the same step (both write the same cache
-    position): its output [1, D], or None with a warning."""
+    """Layer 0 compiled, checked against layer 0 eager on the same step: what each adds to the
+    residual stream, and the key and value each writes at the same cache position. Its output
+    [1, D], or None with a warning."""
+    position = cache.length
     want = lm.model.layers[0](x[:, None], (cos, sin), None, cache, 0)[:, 0]  # [1, D]
+    written = [b[0][:, :, position].clone() for b in (cache.keys, cache.values)]  # [1, Hkv, hd] each
     try:
-        got = step(plan, x, cos, sin, cache.keys[0], cache.values[0], cache.length)
+        got = step(plan, x, cos, sin, cache.keys[0], cache.values[0], position)
     except Exception as err:  # noqa: BLE001 - any compiler failure means: decode eagerly
         warnings.warn(f"decode steps stay eager: torch.compile failed ({type(err).__name__}: {str(err)[:200]})",
                       stacklevel=4)
         return None
-    if not layer_outputs_agree(got, want):
+    pairs = [(got - x, want - x)] + [(b[0][:, :, position], w) for b, w in zip((cache.keys, cache.values), written)]
+    if not all(layer_outputs_agree(g, w) for g, w in pairs):
         warnings.warn("decode steps stay eager: the compiled decoder layer disagrees with the eager one",
                       stacklevel=4)
         return None
