@@ -2,8 +2,9 @@
 
 A recipe supplies a `Task` (the loss of one micro-batch), a dataset (any sequence), a collate
 function and a `TrainConfig`; the loop owns everything else: freezing, AdamW with decay on matrices
-only, warmup + cosine, gradient accumulation, global-norm clipping, bf16 autocast, gradient
-checkpointing, DDP/FSDP, the progress bar, metrics, checkpoints and exact resumption.
+only and a rate per component (`lr_scales`), warmup + cosine, gradient accumulation, global-norm
+clipping, bf16 autocast, gradient checkpointing, DDP/FSDP, the progress bar, metrics, checkpoints
+and exact resumption.
 
 Steps. `train` reads as the sequence of its steps: `_set_up` (process group, freezing, wrapping,
 AdamW, schedule, autocast, gathered in a `_Run`), `_resume_or_refuse` (the start step), then per
