@@ -54,6 +54,42 @@ def test_weight_decay_only_on_matrices(toy, tmp_path, fp32_cfg):
     assert torch.equal(model.embed.weight, before["embed.weight"])  # frozen: no decay either
 
 
+def test_lr_scales_give_each_component_its_own_rate(toy, tmp_path, fp32_cfg):
+    """A projector that must learn fast beside a decoder that must learn slowly (nano stage 2) needs
+    a rate per component. Adam's first step moves every parameter with a gradient by its group's
+    rate (m / sqrt(v) = +-1); decoupled decay shrinks matrices by (1 - rate * wd) per step."""
+    model = toy.make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(out_dir=str(tmp_path / "scales"), steps=1, lr=1e-2, lr_scales={"head": 0.25},
+                      min_lr_ratio=1.0, **fp32_cfg)
+    result = train(model, toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg, trainable=toy.not_embed)
+    head_step = (model.head.bias - before["head.bias"]).abs()
+    layer_step = (model.language.model.layers[0].linear.bias - before["language.model.layers.0.linear.bias"]).abs()
+    torch.testing.assert_close(head_step, torch.full_like(head_step, 0.25e-2), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(layer_step, torch.full_like(layer_step, 1e-2), rtol=1e-3, atol=1e-6)
+    assert json.loads(result.metrics_path.read_text().splitlines()[-1])["lr"] == 1e-2  # the base rate
+
+    class ZeroGrad:
+        def loss(self, model, batch):
+            return 0.0 * model(batch["x"]).sum(), {}
+
+    model = toy.make_model()
+    cfg = TrainConfig(out_dir=str(tmp_path / "decay"), steps=3, lr=0.1, weight_decay=0.5, min_lr_ratio=1.0,
+                      lr_scales={"language": 0.5}, **fp32_cfg)
+    train(model, ZeroGrad(), toy.make_dataset(), toy.collate, cfg, trainable=toy.not_embed)
+    torch.testing.assert_close(model.head.weight, before["head.weight"] * (1 - 0.1 * 0.5) ** 3)
+    torch.testing.assert_close(model.language.model.layers[1].linear.weight,
+                               before["language.model.layers.1.linear.weight"] * (1 - 0.05 * 0.5) ** 3)
+
+
+def test_lr_scales_refuse_unknown_components_and_non_positive_values(toy, tmp_path, fp32_cfg):
+    with pytest.raises(ValueError, match="lr_scales"):
+        TrainConfig(out_dir=str(tmp_path / "a"), lr_scales={"language": 0.0})
+    cfg = TrainConfig(out_dir=str(tmp_path / "b"), steps=1, lr_scales={"embed": 2.0}, **fp32_cfg)  # frozen
+    with pytest.raises(ValueError, match="embed"):
+        train(toy.make_model(), toy.RegressionTask(), toy.make_dataset(), toy.collate, cfg, trainable=toy.not_embed)
+
+
 def test_grad_accumulation_matches_the_large_batch(toy, tmp_path, fp32_cfg):
     common = dict(steps=8, lr=1e-2, weight_decay=0.1, warmup_steps=2, **fp32_cfg)
     big, _ = _run(toy, tmp_path, "big", batch_size=8, grad_accum=1, **common)

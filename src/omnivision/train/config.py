@@ -20,7 +20,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +59,10 @@ class TrainConfig:
     """AdamW decoupled weight decay, applied to parameters with 2 or more dimensions only."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    """Multipliers of `lr` (and of its whole schedule) per component, the first part of a parameter's
+    name (`vision`, `projector`, `language`); components not named learn at `lr`. A projector
+    learning fast next to a pretrained decoder that must learn slowly needs this (nano stage 2)."""
     warmup_steps: int = 0
     """Linear warmup from lr/warmup_steps to lr over this many steps."""
     min_lr_ratio: float = 0.1
@@ -93,6 +97,8 @@ class TrainConfig:
         for name in ("warmup_steps", "save_every", "seed"):
             _require(getattr(self, name) >= 0, name, f"must be non-negative, got {getattr(self, name)}")
         _require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        _require(all(v > 0 for v in self.lr_scales.values()), "lr_scales",
+                 f"multipliers must be positive, got {self.lr_scales}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
                  f"must be two numbers in [0, 1), got {self.betas}")

@@ -2,8 +2,9 @@
 
 A recipe supplies a `Task` (the loss of one micro-batch), a dataset (any sequence), a collate
 function and a `TrainConfig`; the loop owns everything else: freezing, AdamW with decay on matrices
-only, warmup + cosine, gradient accumulation, global-norm clipping, bf16 autocast, gradient
-checkpointing, DDP/FSDP, the progress bar, metrics, checkpoints and exact resumption.
+only and a rate per component (`lr_scales`), warmup + cosine, gradient accumulation, global-norm
+clipping, bf16 autocast, gradient checkpointing, DDP/FSDP, the progress bar, metrics, checkpoints
+and exact resumption.
 
 Steps. `train` reads as the sequence of its steps: `_set_up` (process group, freezing, wrapping,
 AdamW, schedule, autocast, gathered in a `_Run`), `_resume_or_refuse` (the start step), then per
@@ -231,9 +232,19 @@ def _enable_grad_checkpointing(model: nn.Module) -> None:
 
 def _adamw(named: list[tuple[str, nn.Parameter]], decay: set[str], cfg: TrainConfig,
            device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on the parameters named in `decay` only."""
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    """AdamW with weight decay on the parameters named in `decay` only, and each component at
+    `lr * cfg.lr_scales[component]` (1 where not named); the groups at the base rate come first."""
+    unknown = set(cfg.lr_scales) - {n.split(".", 1)[0] for n, _ in named}
+    if unknown:
+        raise ValueError(f"lr_scales names {sorted(unknown)}, which have no trainable parameters")
+    scales = sorted({cfg.lr_scales.get(n.split(".", 1)[0], 1.0) for n, _ in named}, key=lambda s: s != 1.0)
+    groups = []
+    for scale in scales:
+        mine = [(n, p) for n, p in named if cfg.lr_scales.get(n.split(".", 1)[0], 1.0) == scale]
+        groups += [{"params": [p for n, p in mine if n in decay], "weight_decay": cfg.weight_decay,
+                    "lr": cfg.lr * scale, "lr_scale": scale},
+                   {"params": [p for n, p in mine if n not in decay], "weight_decay": 0.0,
+                    "lr": cfg.lr * scale, "lr_scale": scale}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
                              eps=1e-8, foreach=None if device.type == "cuda" else False)
 
@@ -301,7 +312,8 @@ def _train_step(run: _Run, task: Task, batch_at: Callable[[int, int], Any], step
     t0 = time.perf_counter()
     cfg = run.cfg
     seed_step(cfg.seed, run.info.rank, step)
-    lr = run.optimizer.param_groups[0]["lr"]
+    group = run.optimizer.param_groups[0]
+    lr = group["lr"] if group.get("lr_scale", 1.0) == 1.0 else group["lr"] / group["lr_scale"]  # the base rate
     loss_sum = torch.zeros((), device=run.info.device)  # []
     extras: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
@@ -462,6 +474,8 @@ def _run_identity(cfg: TrainConfig, world_size: int, amp: torch.dtype | None) ->
     trajectory = {k: v for k, v in config_to_dict(cfg).items()
                   if k in ("steps", "grad_accum", "lr", "weight_decay", "betas", "warmup_steps",
                            "min_lr_ratio", "max_grad_norm", "seed")}
+    if cfg.lr_scales:  # only when set, so that checkpoints written before it existed still resume
+        trajectory["lr_scales"] = dict(sorted(cfg.lr_scales.items()))
     trajectory["global_micro_batch"] = cfg.batch_size * world_size
     trajectory["autocast"] = str(amp) if amp is not None else "fp32"
     digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()
