@@ -53,9 +53,10 @@ def _weight_major(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return out if bias is None else out + bias
 
 
-def _dot(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`bf16_dot` (+ bias): uncompiled, for tracing into a compiled step."""
-    out = bf16_dot(rows, weight)
+def _dot(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         dot: Callable = bf16_dot) -> torch.Tensor:
+    """`dot` (+ bias): by default the uncompiled `bf16_dot`, for tracing into a compiled step."""
+    out = dot(rows, weight)
     return out if bias is None else out + bias
 
 
@@ -107,8 +108,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.reshape(-1, x.shape[-1])  # [M, K]
     kernel = few_row_kernel(weight, rows.shape[0])
     if kernel == COMPILED_DOT and (dot := compiled("bf16")) is not None:
-        out = dot(rows, weight)  # [M, N]
-        out = out if bias is None else out + bias
+        out = _dot(rows, weight, bias, dot)  # [M, N]
     elif kernel == WEIGHT_MAJOR:
         out = _weight_major(rows, weight, bias)
     else:

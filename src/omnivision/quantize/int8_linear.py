@@ -28,6 +28,7 @@ that of rounding each activation to 1/254 of its row's largest magnitude (~1 % o
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 from torch import nn
@@ -89,10 +90,10 @@ def packed_product(x: torch.Tensor, qweight: torch.Tensor, bf16_scales: torch.Te
 
 
 def dot_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
-    """As `packed_product`, as the multiply-and-sum `int8_dot` (uncompiled, for tracing into a
-    compiled step)."""
-    out = int8_dot(x.to(torch.bfloat16), qweight, scales).to(x.dtype)
+                bias: torch.Tensor | None, dot: Callable = int8_dot) -> torch.Tensor:
+    """As `packed_product`, as the multiply-and-sum `dot` (by default the uncompiled `int8_dot`, for
+    tracing into a compiled step)."""
+    out = dot(x.to(torch.bfloat16), qweight, scales).to(x.dtype)
     return out if bias is None else out + bias.to(x.dtype)
 
 
@@ -147,8 +148,7 @@ class Int8Linear(nn.Module):
             flat = x.reshape(-1, self.in_features)
             one_row = rows == 1 and one_row_kernel(self.out_features, self.in_features) == COMPILED_DOT
             if one_row and (dot := compiled("int8")) is not None:
-                out = dot(flat.to(torch.bfloat16), self.qweight, self.scales).to(x.dtype)  # [1, N]
-                out = out if self.bias is None else out + self.bias.to(x.dtype)
+                out = dot_product(flat, self.qweight, self.scales, self.bias, dot)  # [1, N]
             else:
                 out = packed_product(flat, self.qweight, self._bf16_scales(), self.bias)
             return out.reshape(*x.shape[:-1], self.out_features)
