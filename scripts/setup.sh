@@ -32,6 +32,9 @@ if [[ ",$extras," == *",test,"* ]]; then
             || $PY -m pip download --quiet --disable-pip-version-check --no-deps -d "$dest" "$spec" \
             || echo "setup: could not download $spec; the tests that need it will be skipped" >&2
     done
+    # tests/vllm_plugin: OmniVision on vLLM runs in vLLM's own environment (.cache/vllm-venv)
+    bash scripts/vllm_env.sh >/dev/null \
+        || echo "setup: could not make the vLLM environment; tests/vllm_plugin will be skipped" >&2
     # tests/serve/test_page.py drives Debian's chromium with Playwright (no browser download)
     if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \

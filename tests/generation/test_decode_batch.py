@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from omnivision.generation.decode_batch import DecodeBatch
+from omnivision.model import one_row_step
 
 
 def _admit(batch: DecodeBatch, key, prompt: list[int], chunk: int) -> torch.Tensor:
@@ -18,17 +19,26 @@ def _admit(batch: DecodeBatch, key, prompt: list[int], chunk: int) -> torch.Tens
     return logits
 
 
-@pytest.mark.parametrize("chunk", [3, 512])
+@pytest.mark.parametrize("chunk,compiled", [(3, False), (512, False),
+                                            pytest.param(3, True, marks=pytest.mark.long)])
 @torch.inference_mode()
-def test_joining_and_leaving_mid_batch_keeps_every_sequence_exact(tiny_model, chunk):
+def test_joining_and_leaving_mid_batch_keeps_every_sequence_exact(tiny_model, chunk, compiled, monkeypatch):
+    """`compiled`: the tiny decoder is let through the compiled one-sequence step, which a batch with
+    one sequence running takes (three steps of this schedule); the others are batched."""
     lm = tiny_model.language
+    one_sequence_steps = []
+    if compiled:
+        monkeypatch.setattr(one_row_step, "MIN_WEIGHTS", 0)
+        compiled_forward = one_row_step.forward
+        monkeypatch.setattr(one_row_step, "forward", lambda *a: one_sequence_steps.append(1) or compiled_forward(*a))
+    tol = 1e-4 if compiled else 1e-5
     prompts = {"a": [5, 9, 17, 3, 8], "b": [11, 4, 6, 2, 19, 23, 7, 1, 14], "c": [3, 30, 12]}
     fed = {key: [] for key in prompts}  # the tokens each sequence was given after its prompt
     checked = []
 
     def check(key, logits):
         want = tiny_model(torch.tensor([prompts[key] + fed[key]]))[0, -1]
-        torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, want, atol=tol, rtol=tol)
         checked.append(key)
 
     batch = DecodeBatch(lm, max_rows=2, max_len=32)
@@ -51,6 +61,7 @@ def test_joining_and_leaving_mid_batch_keeps_every_sequence_exact(tiny_model, ch
                 check(key, row_logits)
     assert batch.keys == ["c"] and len(fed["a"]) == 3 and len(fed["b"]) == 3 and len(fed["c"]) == 3
     assert len(checked) == 3 + 3 + 3 + 3  # each admission and every step of every sequence
+    assert len(one_sequence_steps) == (3 if compiled else 0)
 
 
 @torch.inference_mode()

@@ -10,6 +10,9 @@ steps between chunks, so a long prompt holds the others up for one chunk at a ti
 into row n when done. `release` frees a row by moving the last running row into it, so the running
 rows stay 0..n-1 and a step works on views of the cache, never on gathered copies. Rows are named
 by the caller's keys (`keys`, in row order), which is how per-request state follows a moved row.
+While a single sequence runs, its step is the one-sequence decode step (`model.one_row_step`, each
+layer compiled where the decoder is large enough), as it would be outside the batch: one user of a
+batching server decodes as fast as one without it.
 
 Sampling, stop conditions and everything per request are the caller's (a scheduler); this holds
 only the cache and the forward passes.
@@ -21,8 +24,14 @@ from typing import Hashable
 
 import torch
 
+from omnivision.model import one_row_step
 from omnivision.model.kv_cache import RowWrite
 from omnivision.model.qwen2 import Qwen2ForCausalLM
+
+
+class _Membership:
+    """Lives while the running sequences stay the same ones (an object the compiled step can hold a
+    weak reference to)."""
 
 
 class Admission:
@@ -66,6 +75,9 @@ class DecodeBatch:
         self.keys: list[Hashable] = []
         """The running sequences' keys, in row order."""
         self._admitting: Admission | None = None
+        self._membership = _Membership()
+        """Replaced whenever a sequence joins: the compiled one-sequence step takes the weights as
+        unchanged while it lives (`one_row_step.forward`), so they are looked at again on each join."""
 
     @property
     def running(self) -> int:
@@ -101,12 +113,17 @@ class DecodeBatch:
         self.lengths[row] = length
         self.keys.append(key)
         self._admitting = None
+        self._membership = _Membership()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append tokens [n] (one per running row, in row order); return the logits [n, V] of the next."""
         n = self.running
         if tokens.shape != (n,):
             raise ValueError(f"{n} sequences are running but {tuple(tokens.shape)} tokens were given")
+        if n == 1:
+            logits = self._one_sequence_step(tokens)
+            if logits is not None:
+                return logits
         lengths = self.lengths[:n]  # a view: advanced in place by the forward pass
         span = int(lengths.max()) + 1
         write = RowWrite(self.cache, lengths, span)
@@ -114,6 +131,20 @@ class DecodeBatch:
         written = torch.arange(span, device=lengths.device)[None] <= lengths[:, None]  # [n, span]
         hidden = self.lm(self.lm.embed(tokens[:, None]), positions, cache=write,
                          mask=written[:, None, None, :])  # [n, 1, D]
+        return self.lm.logits(hidden[:, -1])
+
+    def _one_sequence_step(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Row 0 alone through the compiled one-sequence step: logits [1, V], or None where that step
+        does not apply (then the batched step runs)."""
+        view = self.cache.row(0)
+        view.length = int(self.lengths[0])
+        embeds = self.lm.embed(tokens[:, None])  # [1, 1, D]
+        if not one_row_step.applies(self.lm, embeds, None, view):
+            return None
+        hidden = one_row_step.forward(self.lm, embeds, self.lengths[:1, None].clone(), view, self._membership)
+        if hidden is None:
+            return None
+        self.lengths[0] += 1
         return self.lm.logits(hidden[:, -1])
 
     def release(self, key: Hashable) -> None:

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +53,26 @@ def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.Path
     """Write the checkpoint directory `out` (replacing an existing one only once complete).
 
     `state` replaces `model.state_dict()` (a LoRA run passes its merged weights)."""
+    def write(tmp: Path) -> None:
+        meta = {**(extra or {}), **quantization_metadata(model), "format": FORMAT,
+                "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        save_aligned({k: v.detach().contiguous() for k, v in (state or model.state_dict()).items()},
+                     tmp / WEIGHTS, metadata={"format": "pt"})
+        tokenizer.backend.save(str(tmp / TOKENIZER))
+
+    return write_directory(out, write)
+
+
+def write_directory(out: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` on a temporary sibling of `out`, then rename it into place: an interrupted
+    write never leaves a half-written directory under the target name, and an existing one is
+    replaced only once the new one is complete."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        meta = {**(extra or {}), **quantization_metadata(model), "format": FORMAT,
-                "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in (state or model.state_dict()).items()}
-        save_aligned(state, tmp / WEIGHTS, metadata={"format": "pt"})
-        tokenizer.backend.save(str(tmp / TOKENIZER))
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary folder
