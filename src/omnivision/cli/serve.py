@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from omnivision.cli.model_args import add_model_options, load_model
+from omnivision.serve.settings import Limits, RemoteMedia, ServerSettings
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -29,9 +30,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--model-name", default="omnivision", help="the model id clients send (default omnivision)")
     p.add_argument("--allow-host", action="append", default=[],
                    help="an extra Host header name to answer while no API key is set (repeatable)")
-    p.add_argument("--max-batch", "--slots", dest="max_batch", type=int, default=1,
-                   help="generations that run at once, decoded together in one batch (default 1; "
-                        "--slots is the old name)")
+    p.add_argument("--max-batch", "--slots", dest="max_batch", type=int, default=ServerSettings.max_batch,
+                   help=f"generations that run at once, decoded together in one batch (default "
+                        f"{ServerSettings.max_batch}; --slots is the old name)")
     p.add_argument("--batch-context", type=int, default=4096,
                    help="positions per sequence in the batch (default 4096); longer requests run alone")
     p.add_argument("--queue", type=int, default=64, help="requests that may wait for a place (default 64)")
@@ -54,8 +55,6 @@ def is_loopback(host: str) -> bool:
 
 
 def settings_from(args: argparse.Namespace):
-    from omnivision.serve.settings import Limits, RemoteMedia, ServerSettings
-
     api_key = args.api_key or os.environ.get("OMNIVISION_API_KEY") or None
     if not is_loopback(args.host) and api_key is None and not args.insecure:
         raise ValueError(f"refusing to bind {args.host} without an API key: pass --api-key (or set "
