@@ -5,6 +5,7 @@ with the byte-level tokenizer."""
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 import torch
@@ -189,3 +190,36 @@ def test_stream_prompt_reports_length_and_interrupts(vlm):
                             ("deadline" if len(asked) == 2 else None))
     list(cut)
     assert cut.finish_reason == "deadline" and cut.token_ids == full.token_ids[:2]
+
+
+def test_images_from_several_threads_at_once_get_their_own_embeddings(native_dir):
+    """Threads asking while another thread's image is encoded are encoded together next
+    (`GroupedEncoder`), each getting what it gets alone."""
+    import threading
+
+    vlm = omnivision.load(native_dir, dtype="float32")
+    vlm.image_cache.capacity = 0  # every call reaches the tower
+    images = [Image.new("RGB", (32, 32), (40 * i, 255 - 30 * i, 90)) for i in range(5)]
+    alone = [vlm.encode_images([im]) for im in images]
+    vlm._encoder.batch_sizes.clear()
+    gate, real = threading.Event(), vlm._encode_uncached
+
+    def slow_first(pixels):
+        if not gate.is_set():
+            gate.set()
+            time.sleep(0.5)  # the other threads arrive meanwhile
+        return real(pixels)
+
+    vlm._encode_uncached = slow_first
+    got = [None] * len(images)
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, vlm.encode_images([images[i]])))
+               for i in range(len(images))]
+    threads[0].start()
+    gate.wait(10)
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert vlm._encoder.batch_sizes == [1, 4]
+    for want, have in zip(alone, got):
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)

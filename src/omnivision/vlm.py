@@ -16,13 +16,13 @@ docs/bench-cpu.json; the cost is reading pages back).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from omnivision.embedding_cache import ImageEmbeddingCache
+from omnivision.grouped_encoding import GroupedEncoder
 from omnivision.generation.continuous import ContinuousBatcher
 from omnivision.generation.generate import GenerationConfig, StepHooks, generate, generate_batch
 from omnivision.generation.sampling import SamplingConfig
@@ -65,7 +65,9 @@ class OmniVision:
         """Embeddings of the most recent images (0 turns caching off)."""
         self.low_memory = low_memory
         """Keep only one tower's memory-mapped weights resident at a time (see the module doc)."""
-        self._encode_lock = threading.Lock()  # one encoding at a time: the cache and paging are shared
+        self._encoder = GroupedEncoder(self._encode_cached)
+        """One encoding at a time (the cache and paging are shared); images that threads bring
+        meanwhile are encoded together next."""
         self.batcher: ContinuousBatcher | None = None
         """Set by `start_batching`: answers from every thread are decoded together."""
 
@@ -118,10 +120,13 @@ class OmniVision:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[ImageSource], max_pixels: int | None = None) -> torch.Tensor:
         """Projected embeddings [N, K, D] of the images, from the cache where possible. Safe to call
-        from several threads. `max_pixels`: the largest image accepted (default: the processor's)."""
-        pixels = self.image_processor(images, max_pixels).to(self.model.device)
-        with self._encode_lock:
-            return self.image_cache.encode(pixels, self._encode_uncached, self._image_weights_token())
+        from several threads: images that arrive while another thread's are encoded go through the
+        tower together next (`GroupedEncoder`). `max_pixels`: the largest image accepted (default:
+        the processor's)."""
+        return self._encoder(self.image_processor(images, max_pixels).to(self.model.device))
+
+    def _encode_cached(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_cache.encode(pixels, self._encode_uncached, self._image_weights_token())
 
     def _encode_uncached(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.low_memory:
