@@ -30,8 +30,28 @@ RECORDED = Path(__file__).with_name("golden_answers.json")
 QUESTIONS = ("What shape is the object at the top left?", "What color is the object in the center?",
              "How many objects are there?", "Describe the image.")
 DIGITS = 6
-"""Floats are recorded to this many significant digits (float32 on one thread is deterministic
-here; the rounding only keeps the file readable)."""
+"""Floats are recorded to this many significant digits (the rounding only keeps the file readable)."""
+RELATIVE = 1e-4
+"""How far a float may be from its recorded value. float32 on one thread repeats itself exactly on
+one machine, but torch's kernels differ between CPUs (AMX, AVX-512, AVX2) in the last bits: on the
+AMX Xeon a logprob recorded on the EPYC came out -0.758272 for -0.758274, a KL 4.87856e-06 for
+4.87746e-06. Text, token ids and counts must match exactly."""
+
+
+def same_outputs(got, want, where: str = "") -> list[str]:
+    """Where `got` differs from `want`: any difference in structure, text or integers, or a float off
+    by more than `RELATIVE` of the recorded value (and 1e-9 absolute, for values near zero)."""
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return [] if abs(got - want) <= RELATIVE * abs(want) + 1e-9 else [f"{where}: {got} != {want}"]
+    if isinstance(want, dict) and isinstance(got, dict):
+        if got.keys() != want.keys():
+            return [f"{where}: keys {sorted(got)} != {sorted(want)}"]
+        return [d for k in want for d in same_outputs(got[k], want[k], f"{where}.{k}")]
+    if isinstance(want, list) and isinstance(got, list):
+        if len(got) != len(want):
+            return [f"{where}: {len(got)} items != {len(want)}"]
+        return [d for n, (g, w) in enumerate(zip(got, want)) for d in same_outputs(g, w, f"{where}[{n}]")]
+    return [] if got == want and type(got) is type(want) else [f"{where}: {got!r} != {want!r}"]
 
 
 @contextlib.contextmanager

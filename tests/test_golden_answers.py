@@ -11,7 +11,7 @@ import pytest
 from omnivision.loader import BUNDLED
 from omnivision.weights.native import is_native
 
-from tests.golden_answers import RECORDED, capture
+from tests.golden_answers import RECORDED, capture, same_outputs
 
 pytest.importorskip("fastapi")
 pytest.importorskip("llguidance")
@@ -30,4 +30,13 @@ def recorded():
 
 @pytest.mark.parametrize("path", ["run", "chat", "serve", "eval", "quantize"])
 def test_same_outputs_as_recorded(captured, recorded, path):
-    assert captured[path] == recorded[path]
+    assert same_outputs(captured[path], recorded[path], path) == []
+
+
+def test_the_comparison_catches_what_it_must():
+    want = {"text": ["a", "b"], "logprob": -0.758274, "count": 3}
+    assert same_outputs({"text": ["a", "b"], "logprob": -0.758272, "count": 3}, want) == []
+    assert same_outputs({"text": ["a", "c"], "logprob": -0.758274, "count": 3}, want)
+    assert same_outputs({"text": ["a", "b"], "logprob": -0.7584, "count": 3}, want)
+    assert same_outputs({"text": ["a", "b"], "logprob": -0.758274, "count": 4}, want)
+    assert same_outputs({"text": ["a"], "logprob": -0.758274, "count": 3}, want)

@@ -120,10 +120,32 @@ def test_bad_requests_are_refused_at_submit_and_close_stops_the_thread(tiny_mode
         ContinuousBatcher(tiny_model, max_batch=0)
 
 
+class _FollowPath:
+    """Hooks that make a sequence take given tokens, recording the model's own greedy choice at each
+    step first: agreement per token, without one early difference deciding every later token."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.choices = path, []
+
+    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+        row = logits.reshape(-1, logits.shape[-1])  # [1, V]
+        self.choices.append(int(row[0].argmax()))
+        forced = torch.full_like(logits, float("-inf"))
+        forced.reshape(-1, logits.shape[-1])[0, self.path[len(self.choices) - 1]] = 0.0
+        return forced
+
+    def observe(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        pass
+
+
 def test_bf16_batched_answers_agree_with_answers_alone():
     """The bundled nano model in bf16, eight questions about the README's scene, 32 tokens each with
-    no stop: at least 99 % of the batched tokens (batch of 4) are the tokens each question gets alone
-    (measured here: all 256)."""
+    no stop, batched four at a time: at each of the 256 positions, given the tokens each question
+    gets alone so far, the batched step's greedy token is the one alone in at least 99 % of them.
+
+    Per position, because in free generation one difference changes every token after it: on the
+    AMX Xeon, with the default kernels, "Describe the image." left its path at token 22 of 32 (a near
+    tie in bf16), which free generation counts as 10 of 256 (246 agreed; the EPYC: all 256)."""
     from PIL import Image
 
     from omnivision.loader import BUNDLED, load
@@ -139,11 +161,13 @@ def test_bf16_batched_answers_agree_with_answers_alone():
     cfg = GenerationConfig(max_new_tokens=32)
     with torch.inference_mode():
         alone = [_alone(vlm.model, ids, embeds, cfg) for ids in prompts]
+    followers = [_FollowPath(path) for path in alone]
     batcher = ContinuousBatcher(vlm.model, max_batch=4)
     try:
-        together = [list(s) for s in [batcher.submit(ids, embeds, cfg) for ids in prompts]]
+        together = [list(s) for s in [batcher.submit(ids, embeds, cfg, f) for ids, f in zip(prompts, followers)]]
     finally:
         batcher.close()
-    same = sum(a == b for x, y in zip(alone, together) for a, b in zip(x, y))
-    assert [len(t) for t in together] == [32] * 8
+    assert together == alone  # the forced path was taken
+    same = sum(a == b for f, path in zip(followers, alone) for a, b in zip(f.choices, path))
+    assert [len(f.choices) for f in followers] == [32] * 8
     assert same / 256 >= 0.99, f"{same} of 256 tokens agree"
