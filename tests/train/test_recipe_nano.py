@@ -73,7 +73,8 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     table = (out / "report.md").read_text()
     assert table == markdown_table(report) and table.count("\n") == 5
     # every training stage logged finite losses, and the ones long enough to learn at this scale fell
-    # (at this scale: text 2 logged steps, SigLIP 3, align 2, SFT 27, whose loss falls from ~5 to ~1)
+    # (at this scale: text 2 logged steps, SigLIP 3, align 2, SFT 27, whose loss falls from ~5 to
+    # ~2.5 with the decoder at a quarter of the projector's rate, the recipe's default)
     for stage in ("text", "siglip", "align", "sft"):
         losses = _losses(out / "runs" / stage)
         assert losses and all(math.isfinite(v) for v in losses), (stage, losses)
@@ -82,7 +83,7 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     assert text[-1] < text[0], text
     sft = _losses(out / "runs" / "sft")
     quarter = len(sft) // 4
-    assert quarter >= 4 and _mean(sft[-quarter:]) < 0.5 * _mean(sft[:quarter]), sft
+    assert quarter >= 4 and _mean(sft[-quarter:]) < 0.6 * _mean(sft[:quarter]), sft
     assert (out / "stage0").is_dir() and (out / "runs" / "align" / "model").is_dir()
     # the DPO pairs: every one of the 40 caption requests and 40 yes/no probes is kept or counted
     # as dropped, what is kept is what was written, and DPO trained on it (at this scale the model's
