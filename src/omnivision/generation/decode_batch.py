@@ -120,8 +120,9 @@ class DecodeBatch:
         n = self.running
         if tokens.shape != (n,):
             raise ValueError(f"{n} sequences are running but {tuple(tokens.shape)} tokens were given")
+        embeds = self.lm.embed(tokens[:, None])  # [n, 1, D]
         if n == 1:
-            logits = self._one_sequence_step(tokens)
+            logits = self._one_sequence_step(embeds)
             if logits is not None:
                 return logits
         lengths = self.lengths[:n]  # a view: advanced in place by the forward pass
@@ -129,16 +130,15 @@ class DecodeBatch:
         write = RowWrite(self.cache, lengths, span)
         positions = lengths[:, None].clone()  # [n, 1]
         written = torch.arange(span, device=lengths.device)[None] <= lengths[:, None]  # [n, span]
-        hidden = self.lm(self.lm.embed(tokens[:, None]), positions, cache=write,
+        hidden = self.lm(embeds, positions, cache=write,
                          mask=written[:, None, None, :])  # [n, 1, D]
         return self.lm.logits(hidden[:, -1])
 
-    def _one_sequence_step(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """Row 0 alone through the compiled one-sequence step: logits [1, V], or None where that step
-        does not apply (then the batched step runs)."""
+    def _one_sequence_step(self, embeds: torch.Tensor) -> torch.Tensor | None:
+        """Row 0 alone (embeds [1, 1, D]) through the compiled one-sequence step: logits [1, V], or
+        None where that step does not apply (then the batched step runs)."""
         view = self.cache.row(0)
         view.length = int(self.lengths[0])
-        embeds = self.lm.embed(tokens[:, None])  # [1, 1, D]
         if not one_row_step.applies(self.lm, embeds, None, view):
             return None
         hidden = one_row_step.forward(self.lm, embeds, self.lengths[:1, None].clone(), view, self._membership)

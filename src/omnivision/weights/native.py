@@ -57,11 +57,16 @@ def save_native(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.Path
         meta = {**(extra or {}), **quantization_metadata(model), "format": FORMAT,
                 "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-        save_aligned({k: v.detach().contiguous() for k, v in (state or model.state_dict()).items()},
-                     tmp / WEIGHTS, metadata={"format": "pt"})
-        tokenizer.backend.save(str(tmp / TOKENIZER))
+        write_weights_and_tokenizer(tmp, state or model.state_dict(), tokenizer)
 
     return write_directory(out, write)
+
+
+def write_weights_and_tokenizer(folder: Path, state: Mapping[str, torch.Tensor], tokenizer: Tokenizer) -> None:
+    """`model.safetensors` (aligned) and `tokenizer.json` into `folder`: the files the native checkpoint
+    and the vLLM folder share."""
+    save_aligned({k: v.detach().contiguous() for k, v in state.items()}, folder / WEIGHTS, metadata={"format": "pt"})
+    tokenizer.backend.save(str(folder / TOKENIZER))
 
 
 def write_directory(out: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -35,8 +35,7 @@ from omnivision.config import OmniVisionConfig
 from omnivision.model import OmniVisionModel
 from omnivision.processing.prompt import ASSISTANT_HEADER, VISION_BLOCK
 from omnivision.processing.tokenizer import Tokenizer
-from omnivision.weights.native import TOKENIZER, WEIGHTS, write_directory
-from omnivision.weights.safetensors_write import save_aligned
+from omnivision.weights.native import write_directory, write_weights_and_tokenizer
 
 MODEL_TYPE = "omnivision"
 ARCHITECTURE = "OmniVisionForConditionalGeneration"
@@ -150,8 +149,6 @@ def save_vllm(model: OmniVisionModel, tokenizer: Tokenizer, out: str | os.PathLi
             json.dumps(tokenizer_config(config, tokenizer), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(
             {"eos_token_id": list(config.stop_token_ids), "pad_token_id": tokenizer.endoftext_id}, indent=2) + "\n")
-        save_aligned({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-                     tmp / WEIGHTS, metadata={"format": "pt"})
-        tokenizer.backend.save(str(tmp / TOKENIZER))
+        write_weights_and_tokenizer(tmp, model.state_dict(), tokenizer)
 
     return write_directory(out, write)
