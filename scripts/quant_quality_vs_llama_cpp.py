@@ -6,7 +6,8 @@ GGUF is a `qwen2` language-model file (the real one of docs/official-release.md 
 Q4_K_M file). Its dequantised weights (fp32) are the reference. They are written as an F16 GGUF,
 from which llama.cpp's own quantizer (`llama_model_quantize`, llama-cpp-python) makes Q8_0 and
 Q4_0; both are read back dequantised. Ours quantizes the reference: int8 (one scale per output
-row), int4 with groups of 32 (Q4_0's group size) and 128, each with and without the output head.
+row), int8 in groups of 32 (Q8_0's layout), int4 with groups of 32 (Q4_0's group size) and 128, each
+with and without the output head.
 Every variant goes through `omnivision quantize --check --language-only`'s measurement (12 text
 prompts, teacher-forced on the reference's greedy answers): top-1 agreement and mean KL. The
 tensor types llama.cpp chose are printed too (it keeps some tensors finer than the named type).
@@ -74,7 +75,7 @@ def main() -> None:
         model, _ = load_language_model(out)
         report(f"llama.cpp {ftype}", model, f"tensor types {tensor_types(out)}")
         del model
-    for scheme in ("int8", "int4-g32", "int4-g128"):
+    for scheme in ("int8", "int8-g32", "int4-g32", "int4-g128"):
         for head in (False, True):
             model, _ = load_language_model(args.gguf)
             summary = quantize_model(LanguageOnly(model), scheme, ("language",), head=head)

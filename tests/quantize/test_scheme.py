@@ -9,6 +9,7 @@ from omnivision.quantize.scheme import parse_parts
 @pytest.mark.parametrize("text, bits, group, sym", [
     ("int8", 8, None, True),
     ("INT8", 8, None, True),
+    ("int8-g32", 8, 32, True),
     ("int4", 4, 128, False),  # default group size
     ("int4-g32", 4, 32, False),
     ("int4-g256-sym", 4, 256, True),
@@ -33,8 +34,10 @@ def test_bad_scheme_strings(text, fragment):
 
 
 def test_bad_scheme_objects():
-    with pytest.raises(SchemeError, match="no group size"):
+    with pytest.raises(SchemeError, match="in groups of 32"):
         QuantScheme(bits=8, group_size=64)
+    with pytest.raises(SchemeError, match="symmetric"):
+        QuantScheme(bits=8, group_size=32, symmetric=False)
     with pytest.raises(SchemeError, match="8- and 4-bit"):
         QuantScheme(bits=2)
 

@@ -1,8 +1,9 @@
 """GGUF Q4_0 / Q8_0 language models loaded straight into int4 / int8 layers (`keep_quantized`).
 
-Q4_0 must give bit-identical dequantised weights to the GGUF reader's own dequantisation; Q8_0 is
-regrouped per row, so each weight may move by at most half the row's new scale. Both must answer
-like the dequantised load, and the conversion must not build a float copy of the whole model.
+Q4_0 and Q8_0 must give bit-identical dequantised weights to the GGUF reader's own dequantisation
+(Q8_0 into groups of 32; where the group-wise kernel cannot be built, regrouped per row, each
+weight moving by at most half the row's new scale). Both must answer like the dequantised load,
+and the conversion must not build a float copy of the whole model.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from omnivision.loader import load
 from omnivision.processing.byte_tokenizer import byte_level_tokenizer
 from omnivision.quantize.embedding import QuantizedEmbedding
 from omnivision.quantize.int4_linear import Int4Linear
+from omnivision.quantize.int8_group_linear import Int8GroupLinear
 from omnivision.quantize.int8_linear import Int8Linear
 from omnivision.weights.errors import CheckpointError
 from omnivision.weights.gguf_file import GGUFFile
-from omnivision.weights.gguf_quantized import q4_0_to_int4, q8_0_to_int8
+from omnivision.weights.gguf_quantized import q4_0_to_int4, q8_0_to_int8, q8_0_to_int8_groups
 from omnivision.weights.release_write import write_release
 
 
@@ -57,9 +59,30 @@ def test_q8_0_blocks_are_regrouped_per_row_within_half_a_step() -> None:
     assert torch.allclose(buffers["scales"], expected.abs().amax(dim=1) / 127)
 
 
-@pytest.mark.parametrize("ggml_type,layer_type", [("Q4_0", Int4Linear), ("Q8_0", Int8Linear)])
+def test_q8_0_blocks_become_exactly_the_same_group_wise_weights() -> None:
+    w = _weights()
+    raw = quants.quantize(w, GGMLQuantizationType.Q8_0)
+    buffers, exact = q8_0_to_int8_groups(raw, 6, 96)
+    layer = Int8GroupLinear(96, 6, bias=False)
+    layer.qweight.copy_(buffers["qweight"])
+    layer.scales.copy_(buffers["scales"])
+    assert exact
+    assert torch.equal(layer.dequantize(torch.float32), torch.from_numpy(quants.dequantize(raw, GGMLQuantizationType.Q8_0)))
+
+
+def test_a_q8_0_code_of_minus_128_is_clamped_and_not_called_exact() -> None:
+    raw = quants.quantize(_weights(), GGMLQuantizationType.Q8_0).copy()
+    raw.reshape(6, 3, 34)[0, 0, 2] = np.uint8(128)  # the first code of the first block: -128
+    buffers, exact = q8_0_to_int8_groups(raw, 6, 96)
+    assert not exact and buffers["qweight"][0, 0] == -127
+
+
+@pytest.mark.parametrize("ggml_type,layer_type,kernel", [("Q4_0", Int4Linear, True), ("Q8_0", Int8GroupLinear, True),
+                                                         ("Q8_0", Int8Linear, False)])
 def test_a_release_loads_into_quantized_layers_and_answers_alike(tiny_model, tmp_path: Path, ggml_type,
-                                                                 layer_type) -> None:
+                                                                 layer_type, kernel, monkeypatch) -> None:
+    if not kernel:  # a machine where the group-wise kernel cannot be built
+        monkeypatch.setattr("omnivision.kernels.q8_build.q8_linear", lambda: None)
     tokenizer = byte_level_tokenizer()
     write_release(tiny_model, tokenizer, tmp_path, ggml_type)
     plain = load(tmp_path, dtype="float32")
@@ -75,7 +98,7 @@ def test_a_release_loads_into_quantized_layers_and_answers_alike(tiny_model, tmp
     assert ggml_type in kept.note
     q_proj = kept.model.language.model.layers[0].self_attn.q_proj
     reference = plain.model.language.model.layers[0].self_attn.q_proj.weight
-    if ggml_type == "Q4_0":
+    if layer_type is not Int8Linear:
         assert torch.equal(q_proj.dequantize(torch.float32), reference)
     else:
         assert (q_proj.dequantize(torch.float32) - reference).abs().max() <= q_proj.scales.max() / 2 + 1e-6

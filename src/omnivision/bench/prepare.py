@@ -1,7 +1,7 @@
 """The files the benchmark workers load, made once per preset, precision and seed and then reused.
 
 Our model runs from native checkpoints (memory-mapped, as a user would load it): `fp32`, `bf16`,
-`int8` / `int4` with every part quantized (language model, projector, vision tower, and the tied
+`int8` (group-wise, `int8-g32`) / `int4` with every part quantized (language model, projector, vision tower, and the tied
 embedding that is also the output head), and `int4-lm`: the language model and head in int4, the
 vision tower and projector in bf16. That is the split a deployment wants for speed: the tower runs
 once per image and is compute-bound (bf16 on AMX), the decoder runs once per token and is
@@ -24,9 +24,12 @@ from omnivision.bench.workload import QUESTION
 from omnivision.weights.random_init import fit_to_tokenizer, pick_tokenizer, random_model
 
 PRECISIONS = ("fp32", "bf16", "int8", "int4", "int4-lm")
-SCHEMES = {"int8": ("int8", ("language", "projector", "vision")),
+SCHEMES = {"int8": ("int8-g32", ("language", "projector", "vision")),
            "int4": ("int4", ("language", "projector", "vision")), "int4-lm": ("int4", ("language",))}
-"""Quantized precisions: scheme (int4 with this project's default group size, 128) and parts."""
+"""Quantized precisions: scheme and parts. int8 is the group-wise scheme (llama.cpp's Q8_0 layout, the
+vision tower per output channel), int4 this project's default group size, 128."""
+ENTRY_NAMES = {"int8": "int8-g32"}
+"""Cache entries renamed when what a precision holds changed (int8 was per output channel)."""
 COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "auto", "int4": "auto", "int4-lm": "auto"}
 """Quantized checkpoints compute as `--dtype auto` does: bf16 where the CPU computes it natively,
 else fp32 (a bf16 product without the instructions runs ~100x slower than fp32)."""
@@ -66,7 +69,7 @@ def native_checkpoint(workdir: Path, preset_name: str, precision: str, seed: int
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    final = _entry(workdir, preset_name, precision, seed)
+    final = _entry(workdir, preset_name, ENTRY_NAMES.get(precision, precision), seed)
     if final.is_dir():
         return final
     tokenizer, _ = tokenizer_and_config(preset_name)

@@ -157,6 +157,10 @@ def table(doc: dict) -> str:
         int8 = [f"{key.removeprefix('int8 ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("int8 ")]
         if int8:
             lines.append("int8 products (one-row: decoding; many-rows: the vision tower): " + "; ".join(int8) + ".")
+        grouped = [f"{key.removeprefix('int8-g32 ')}: {kernel}" for key, kernel in kernels.items()
+                   if key.startswith("int8-g32 ")]
+        if grouped:
+            lines.append("Group-wise int8 products (decoding): " + "; ".join(grouped) + ".")
     return "\n".join(lines)
 
 

@@ -54,13 +54,14 @@ def run(spec: dict) -> dict:
 def _tune(spec: dict) -> dict:
     """Every kernel choice the measured checkpoints will meet: few-row bf16 products of the language
     model, then one image through each checkpoint's vision tower (attention precision; int8
-    activations for an int8 tower) and one token through its decoder (one-row int8 products)."""
+    activations for an int8 tower) and one token through its decoder (one-row int8 products, per row or
+    group-wise)."""
     from omnivision.bench.prepare import COMPUTE_DTYPES
     from omnivision.generation.generate import prefill
     from omnivision.loader import load
     from omnivision.model import attention
     from omnivision.model.linear import choose_kernels
-    from omnivision.quantize import int8_linear
+    from omnivision.quantize import int8_group_linear, int8_linear
 
     out, bf16_done = {}, False
     for path, precision in zip(spec["paths"], spec["precisions"]):
@@ -76,6 +77,8 @@ def _tune(spec: dict) -> dict:
             prefill(lm, lm.embed(torch.zeros(1, 1, dtype=torch.long)), None, 1)  # one-row products
     out.update({f"vision attention h{h}/n{n}/d{d}": kernel for (h, n, d, _), kernel in attention._chosen.items()})
     out.update({f"int8 {kind} {n}x{k}": kernel for (kind, n, k, *_), kernel in int8_linear._chosen.items()})
+    out.update({f"int8-g32 rows={rows} {n}x{k}": kernel
+                for (n, k, rows, _), kernel in int8_group_linear._chosen.items()})
     return out
 
 

@@ -1,4 +1,5 @@
-"""`quantize_model`: swap the nn.Linear layers of chosen model parts for Int8Linear / Int4Linear.
+"""`quantize_model`: swap the nn.Linear layers of chosen model parts for Int8Linear / Int8GroupLinear /
+Int4Linear.
 
 Parts are `model.language`, `model.projector` and `model.vision`. Only `nn.Linear` modules are
 replaced: embeddings, convolutions, norms and the vision pooling head's `nn.MultiheadAttention` stay
@@ -8,7 +9,9 @@ in full precision unless `head=True`: then `lm_head` is quantized like any Linea
 embedding becomes a `QuantizedEmbedding` (one quantized table for lookups and head). For int4,
 a layer whose in_features the requested group size does not divide uses the largest smaller allowed
 group size that does; a layer that no allowed group size divides (SigLIP's fc2 takes 4304 = 16 x 269
-inputs) is stored int8 instead, per output channel, and listed in `int8_fallback`.
+inputs) is stored int8 instead, per output channel, and listed in `int8_fallback`; so is an
+`int8-g32` layer whose inputs are not a multiple of 32. `int8-g32` keeps the vision tower's layers
+per output channel by design (see `quantize.scheme`).
 
 The summary is also kept on the model as `model.quantization`, so that `save_native` can record it and
 a loaded checkpoint rebuilds the same layers (`quantize.checkpoint`).
@@ -22,6 +25,7 @@ from torch import nn
 
 from omnivision.quantize.embedding import QuantizedEmbedding
 from omnivision.quantize.int4_linear import Int4Linear, fitting_group_size
+from omnivision.quantize.int8_group_linear import Int8GroupLinear
 from omnivision.quantize.int8_linear import Int8Linear
 from omnivision.quantize.scheme import QuantScheme, SchemeError, parse_parts, parse_scheme
 
@@ -37,7 +41,7 @@ class QuantSummary:
     bytes_after: int = 0  # their quantized buffers + biases after
     skipped: list[str] = field(default_factory=list)  # Linear layers of the chosen parts left alone
     head: bool = False  # the output head (or tied embedding) is quantized too
-    int8_fallback: list[str] = field(default_factory=list)  # int4 layers no group size fits, stored int8
+    int8_fallback: list[str] = field(default_factory=list)  # grouped layers no group size fits, stored int8
 
 
 def _tensor_bytes(module: nn.Module) -> int:
@@ -45,8 +49,10 @@ def _tensor_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _quantized(linear: nn.Linear, scheme: QuantScheme) -> nn.Module:
+def _quantized(linear: nn.Linear, scheme: QuantScheme, part: str = "language") -> nn.Module:
     if scheme.bits == 8:
+        if scheme.group_size and part != "vision" and linear.in_features % scheme.group_size == 0:
+            return Int8GroupLinear.from_linear(linear)
         return Int8Linear.from_linear(linear)
     try:
         group = fitting_group_size(linear.in_features, scheme.group_size)
@@ -56,7 +62,8 @@ def _quantized(linear: nn.Linear, scheme: QuantScheme) -> nn.Module:
 
 
 def _note_fallback(summary: QuantSummary, scheme: QuantScheme, name: str, layer: nn.Module) -> None:
-    if scheme.bits == 4 and isinstance(layer, Int8Linear):
+    per_row_by_design = scheme.bits == 8 and name.startswith("vision.")
+    if scheme.group_size and isinstance(layer, Int8Linear) and not per_row_by_design:
         summary.int8_fallback.append(name)
 
 
@@ -100,7 +107,7 @@ def quantize_model(model: nn.Module, scheme: str | QuantScheme,
             if keep:
                 summary.skipped.append(full)
                 continue
-            new = _quantized(linear, scheme)
+            new = _quantized(linear, scheme, part)
             if part == "vision" and isinstance(new, Int8Linear):
                 new.activation_quantization = True  # 729 rows a product: int8 units where faster
             _note_fallback(summary, scheme, full, new)

@@ -1,4 +1,4 @@
-"""`QuantizedEmbedding`: a tied token embedding that is also the output head, stored int8 or int4.
+"""`QuantizedEmbedding`: a tied token embedding that is also the output head, stored int8 (per row or in groups) or int4.
 
 Qwen2.5-0.5B ties its 151936 x 896 embedding to the output head: 28 % of the language model's
 weights, read in full for every generated token. Quantized, one table serves both uses: the head
@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from omnivision.quantize.int4_linear import Int4Linear
+from omnivision.quantize.int8_group_linear import Int8GroupLinear
 from omnivision.quantize.int8_linear import Int8Linear
 
 
 class QuantizedEmbedding(nn.Module):
-    def __init__(self, table: Int8Linear | Int4Linear) -> None:
+    def __init__(self, table: Int8Linear | Int8GroupLinear | Int4Linear) -> None:
         super().__init__()
         self.table = table  # [vocab, dim] as a quantized Linear: dim -> vocab
 

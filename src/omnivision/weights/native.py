@@ -181,8 +181,9 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         if not want.is_floating_point and tensor.dtype != want:  # a quantized layer's integer codes
             raise CheckpointError(source, f"tensor {name!r} has dtype {tensor.dtype}, the model needs {want}")
     if dtype is not None:
-        state = {k: v if v.dtype == dtype or not v.is_floating_point() else v.to(dtype)
-                 for k, v in state.items()}
+        # tensors the model builds in a float type of their own (int8-g32's fp16 scales) keep it
+        state = {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype and expected[k].dtype == torch.float32
+                 else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
 
 

@@ -194,13 +194,13 @@ def _tensors(f: GGUFFile, dtype: torch.dtype, data: bool = True) -> dict[str, to
 def _quantized_llm_state(model: OmniVisionModel, llm: GGUFFile, dtype: torch.dtype) -> tuple[dict, str]:
     """The language model's state with its Linear weights kept in the file's Q8_0 / Q4_0 codes."""
     from omnivision.quantize.apply import quantize_model
-    from omnivision.weights.gguf_quantized import SCHEME_FOR_TYPE, layer_buffers
+    from omnivision.weights.gguf_quantized import SCHEME_FOR_TYPE, layer_buffers, scheme_for_type
 
     kind = weight_type(llm)
     if kind not in SCHEME_FOR_TYPE:
         raise CheckpointError(llm.path, f"keeping weights quantized needs a Q8_0 or Q4_0 language model, "
                                         f"this one is {kind}")
-    scheme = SCHEME_FOR_TYPE[kind]
+    scheme = scheme_for_type(kind)
     # the output head (or the tied embedding) stays quantized when the file stores it in the same type
     head_name = "output.weight" if "output.weight" in llm.tensors else "token_embd.weight"
     head = llm.tensors[head_name].ggml_type.name == kind
