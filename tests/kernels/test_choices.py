@@ -98,3 +98,14 @@ def test_a_fast_kernel_is_called_many_times_a_round(tmp_path):
     assert calls.count("a") == 1 + 3 * 50 and calls.count("b") == 1 + 3 * 50  # 1 ms / 20 us
     (entry,) = json.loads((tmp_path / "k.json").read_text()).values()
     assert entry["median_s"] == pytest.approx({"a": 2e-5, "b": 1e-4})
+
+
+def test_a_new_candidate_is_timed_against_the_remembered_choice(tmp_path):
+    clock, calls = FakeClock(), []
+    kc = KernelChoices(tmp_path / "k.json", clock=clock)
+    assert kc.choose("op", "s", candidates(clock, {"a": 2.0, "b": 1.0}, calls)) == "b"
+    calls.clear()
+    later = KernelChoices(tmp_path / "k.json", clock=clock)
+    assert later.choose("op", "s", candidates(clock, {"a": 2.0, "b": 1.0}, calls)) == "b" and calls == []
+    assert later.choose("op", "s", candidates(clock, {"a": 2.0, "b": 1.0, "c": 0.5}, calls)) == "c"
+    assert set(calls) == {"a", "b", "c"}

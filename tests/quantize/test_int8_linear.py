@@ -144,8 +144,25 @@ def test_the_int8_activation_choice_is_timed_and_remembered(monkeypatch, tmp_pat
     monkeypatch.setattr(int8_linear, "_chosen", {})
     monkeypatch.setattr(int8_linear, "ACTIVATION_TIMED_ROWS", 260)
     choice = int8_linear.many_row_kernel(64, 128, torch.bfloat16)
-    assert choice in (int8_linear.DEQUANTISE, int8_linear.INT8_ACTIVATIONS)
+    kinds = {int8_linear.DEQUANTISE, int8_linear.INT8_ACTIVATIONS, int8_linear.COMPILED_ACTIVATIONS}
+    assert choice in kinds
     (timed,) = choices.timings.values()
-    assert set(timed) == {int8_linear.DEQUANTISE, int8_linear.INT8_ACTIVATIONS}
+    assert set(timed) == kinds  # the compiled candidate too: this machine compiles
     assert "int8-many-rows/64x128/bfloat16" in (tmp_path / "choices.json").read_text()
 
+
+
+def test_the_compiled_int8_activation_product_is_the_eager_one(monkeypatch):
+    from omnivision.quantize import int8_linear
+
+    layer = Int8Linear.from_linear(nn.Linear(64, 48)).to(torch.bfloat16)
+    layer.activation_quantization = True
+    x = torch.randn(2, 300, 64, dtype=torch.bfloat16)
+    monkeypatch.setattr(int8_linear, "many_row_kernel", lambda n, k, dtype: int8_linear.INT8_ACTIVATIONS)
+    eager = layer(x)
+    monkeypatch.setattr(int8_linear, "many_row_kernel", lambda n, k, dtype: int8_linear.COMPILED_ACTIVATIONS)
+    assert int8_linear._compiled_activations() is not None
+    got = layer(x)
+    assert got.shape == eager.shape == (2, 300, 48) and got.dtype == torch.bfloat16
+    # the same int8 codes and int32 sums; only the fp32 rescaling may round differently
+    assert torch.allclose(got.float(), eager.float(), rtol=2 ** -7, atol=1e-3)

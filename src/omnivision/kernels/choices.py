@@ -8,7 +8,8 @@ fastest warm-up fits in `min_sample` seconds, so that a kernel of a few microsec
 by the clock's jitter) and the one with the lowest median per call wins; candidates the
 caller lists first win ties within `noise` (relative), so the default is kept unless another is
 clearly faster. The decision is stored under the machine's key (`machine.machine_key`), the
-operation's name and its shape key, in a JSON file (`OMNIVISION_KERNEL_CACHE`, default
+operation's name and its shape key, with the candidates' timings (a later set of candidates
+other than the timed one is timed again), in a JSON file (`OMNIVISION_KERNEL_CACHE`, default
 `~/.cache/omnivision/kernel-choices.json`), written atomically; a later process on the same machine
 reads it instead of timing again, and a file that cannot be read or written only costs a timing.
 
@@ -82,7 +83,8 @@ class KernelChoices:
         with self._lock:
             self._load()
             known = self._entries.get(key)
-            if known is not None and known.get("choice") in candidates:
+            # kept while the candidates are the ones it was timed among: a new one is timed too
+            if known is not None and known.get("choice") in candidates and set(known.get("median_s", ())) == set(names):
                 return known["choice"]
             medians = self._time(candidates)
             choice = self._fastest(names, medians)
