@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnivision.kernels.q8_build import q8_linear
+from omnivision.kernels.cpp_build import q8_linear
 from omnivision.quantize import Int8GroupLinear, Int8Linear, quantize_model
 from omnivision.quantize import int8_group_linear
 from omnivision.quantize.int8_group_linear import DEQUANTISE, KERNEL, quantize_int8_groups

@@ -82,7 +82,7 @@ def test_a_q8_0_code_of_minus_128_is_clamped_and_not_called_exact() -> None:
 def test_a_release_loads_into_quantized_layers_and_answers_alike(tiny_model, tmp_path: Path, ggml_type,
                                                                  layer_type, kernel, monkeypatch) -> None:
     if not kernel:  # a machine where the group-wise kernel cannot be built
-        monkeypatch.setattr("omnivision.kernels.q8_build.q8_linear", lambda: None)
+        monkeypatch.setattr("omnivision.kernels.cpp_build.q8_linear", lambda: None)
     tokenizer = byte_level_tokenizer()
     write_release(tiny_model, tokenizer, tmp_path, ggml_type)
     plain = load(tmp_path, dtype="float32")

@@ -8,7 +8,7 @@
 // as llama.cpp does, and each block's dot product is summed in int32 by the CPU's int8
 // multiply-add (AVX512-VNNI, AVX-VNNI, or AVX2's maddubs), then scaled by the two blocks' scales.
 //
-// Built at first use by `kernels/q8_build.py` for the CPU it runs on (-march=native, or the
+// Built at first use by `kernels/cpp_build.py` for the CPU it runs on (-march=native, or the
 // instruction sets `ATEN_CPU_CAPABILITY` allows); each code path below is chosen at compile time.
 // Op: omnivision::q8_linear(x [M, K] fp32/bf16, q [N, K] int8, d [N, K/32] fp16, bias [N]?) -> [M, N]\n// in x's dtype, summed in fp32.
 
@@ -227,7 +227,7 @@ int64_t q8_path() { return kPath; }
 
 TORCH_LIBRARY(omnivision, lib) {
   lib.def("q8_linear(Tensor x, Tensor q, Tensor d, Tensor? bias=None) -> Tensor");
-  lib.def("q8_path() -> int", &q8_path);  // which code path was compiled: see PATHS in q8_build.py
+  lib.def("q8_path() -> int", &q8_path);  // which code path was compiled: see PATHS in cpp_build.py
 }
 
 TORCH_LIBRARY_IMPL(omnivision, CPU, lib) {

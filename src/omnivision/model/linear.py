@@ -23,6 +23,7 @@ from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
 from omnivision.kernels.compiled_dot import bf16_dot, compiled, verified
+from omnivision.kernels.cpp_build import ops as cpp_ops
 
 FEW_ROWS = 128
 """Up to this many rows the kernel is chosen per machine (see the module docstring)."""
@@ -123,10 +124,16 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
     def one_row_product(self) -> Product:
-        """The product `linear` computes on one row here, as a pure function and its arguments."""
+        """The product `linear` computes on one row here, as a pure function and its arguments.
+
+        On the CPU torch's products go in as this project's opaque ops where they are built
+        (`kernels/opaque_products.cpp`): inductor would rewrite a one-row mm or mv into a slower
+        loop of its own."""
         weight = self.weight
         kernel = F_LINEAR
         if weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
             kernel = few_row_kernel(weight, 1)
         function = {F_LINEAR: F.linear, WEIGHT_MAJOR: _weight_major, COMPILED_DOT: _dot}[kernel]
+        if weight.device.type == "cpu" and kernel != COMPILED_DOT and (ops := cpp_ops()) is not None:
+            function = ops.linear if kernel == F_LINEAR else ops.weight_major
         return function, (weight, self.bias)

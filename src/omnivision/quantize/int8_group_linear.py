@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
-from omnivision.kernels.q8_build import build_allowed, q8_linear
+from omnivision.kernels.cpp_build import build_allowed, q8_linear
 from omnivision.model.linear import Product
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 

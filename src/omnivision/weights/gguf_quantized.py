@@ -42,7 +42,7 @@ SCHEME_FOR_TYPE = {"Q8_0": "int8-g32", "Q4_0": "int4-g32-sym"}
 def scheme_for_type(kind: str) -> str:
     """The scheme a GGUF type loads into on this machine: Q8_0 into groups of 32 where the group-wise
     kernel builds, else per row (torch's int8 kernel; see the module docstring)."""
-    from omnivision.kernels.q8_build import q8_linear
+    from omnivision.kernels.cpp_build import q8_linear
 
     if kind == "Q8_0" and q8_linear() is None:
         return "int8"

@@ -1,7 +1,8 @@
-"""`kernels.q8_build` and `q8_dot.cpp`: every code path of the group-wise int8 kernel (AVX512-VNNI,
-AVX-VNNI, AVX2, portable, as far as this CPU runs them) gives the dequantised product within the
-rounding of its int8 activations, on odd shapes; a process that must not or cannot build gets None,
-with a warning for a failure."""
+"""`kernels.cpp_build`, `q8_dot.cpp` and `opaque_products.cpp`: every code path of the group-wise
+int8 kernel (AVX512-VNNI, AVX-VNNI, AVX2, portable, as far as this CPU runs them) gives the
+dequantised product within the rounding of its int8 activations, on odd shapes; the opaque products
+are F.linear's, also inside `torch.compile`; a process that must not or cannot build gets None, with
+a warning for a failure."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import warnings
 import pytest
 import torch
 
-from omnivision.kernels import q8_build
+from omnivision.kernels import cpp_build
 from omnivision.kernels.machine import cpu_description
 
 # run in a child process: one process can load only one library that defines the `omnivision` ops
 CHECK = r"""
 import json, sys, torch
-from omnivision.kernels import q8_build
+from omnivision.kernels import cpp_build
 flags = json.loads(sys.argv[1])
 if flags is not None:
-    q8_build.compiler_flags = lambda: flags
-kernel = q8_build.q8_linear()
+    cpp_build.compiler_flags = lambda: flags
+kernel = cpp_build.q8_linear()
 torch.manual_seed(0)
 worst = 0.0
 for n, k in [(1, 32), (70, 96), (130, 896), (64, 160)]:  # 1, 3, 28 and 5 blocks: odd and even counts
@@ -43,14 +44,14 @@ for n, k in [(1, 32), (70, 96), (130, 896), (64, 160)]:  # 1, 3, 28 and 5 blocks
                 bound = (step[:, None, :] / 2 * w.abs().view(n, -1, 32).sum(-1)).sum(-1)  # [rows, N]
                 bound = bound * 1.001 + want.abs() * (2 ** -8 if dtype == torch.bfloat16 else 1e-6) + 1e-6
                 worst = max(worst, ((got.float() - want).abs() / bound).max().item())
-print(json.dumps({"path": q8_build.compiled_path(), "worst": worst}))
+print(json.dumps({"path": cpp_build.compiled_path(), "worst": worst}))
 """
 
 
 def _flags() -> list[list[str] | None]:
     flags = cpu_description()[1].split()
     out: list[list[str] | None] = [None]  # this machine's own build
-    if q8_build._is_x86():
+    if cpp_build._is_x86():
         if "avx512_vnni" in flags:
             out.append(["-O3", "-march=native", "-mno-avx512f"])  # AVX-VNNI where the CPU has it, else AVX2
         if "avx2" in flags:
@@ -62,7 +63,7 @@ def _flags() -> list[list[str] | None]:
 @pytest.mark.long
 @pytest.mark.parametrize("flags", _flags(), ids=lambda f: "native" if f is None else " ".join(f[2:]))
 def test_each_code_path_gives_the_dequantised_product(flags, tmp_path):
-    env = {**__import__("os").environ, q8_build.BUILD_ENV: str(tmp_path)}
+    env = {**__import__("os").environ, cpp_build.BUILD_ENV: str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", CHECK, json.dumps(flags)], capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -75,26 +76,26 @@ def test_each_code_path_gives_the_dequantised_product(flags, tmp_path):
 
 
 def test_build_names_change_with_the_flags():
-    assert q8_build.build_name(["-O3", "-march=native"]) != q8_build.build_name(["-O3", "-march=x86-64"])
-    assert q8_build.build_name(["-O3"]) == q8_build.build_name(["-O3"])
+    assert cpp_build.build_name(["-O3", "-march=native"]) != cpp_build.build_name(["-O3", "-march=x86-64"])
+    assert cpp_build.build_name(["-O3"]) == cpp_build.build_name(["-O3"])
 
 
 def test_held_to_avx2_the_build_leaves_avx512_out(monkeypatch):
-    if not q8_build._is_x86():
+    if not cpp_build._is_x86():
         pytest.skip("x86 flags")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert "-mno-avx512f" in q8_build.compiler_flags()
+    assert "-mno-avx512f" in cpp_build.compiler_flags()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert "-mno-avx512f" not in q8_build.compiler_flags()
+    assert "-mno-avx512f" not in cpp_build.compiler_flags()
 
 
 def test_no_kernel_when_compiling_is_off_or_the_build_fails(monkeypatch):
-    monkeypatch.setattr(q8_build, "_state", {})
-    monkeypatch.setenv(q8_build.SWITCH_ENV, "off")
-    assert q8_build.q8_linear() is None and q8_build.compiled_path() is None
+    monkeypatch.setattr(cpp_build, "_state", {})
+    monkeypatch.setenv(cpp_build.SWITCH_ENV, "off")
+    assert cpp_build.q8_linear() is None and cpp_build.compiled_path() is None
 
-    monkeypatch.setattr(q8_build, "_state", {})
-    monkeypatch.delenv(q8_build.SWITCH_ENV)
+    monkeypatch.setattr(cpp_build, "_state", {})
+    monkeypatch.delenv(cpp_build.SWITCH_ENV)
 
     def no_compiler(**_):
         raise RuntimeError("Error building extension 'omnivision_q8': g++: not found")
@@ -102,6 +103,25 @@ def test_no_kernel_when_compiling_is_off_or_the_build_fails(monkeypatch):
     monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        assert q8_build.q8_linear() is None
-    assert any("building the int8 kernel failed" in str(w.message) and "g++: not found" in str(w.message)
+        assert cpp_build.q8_linear() is None
+    assert any("building them failed" in str(w.message) and "g++: not found" in str(w.message)
                for w in seen)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_opaque_products_are_f_linear_also_compiled(rows, bias, dtype):
+    import torch.nn.functional as F
+
+    ops = cpp_build.ops()
+    assert ops is not None
+    x, w = torch.randn(rows, 48, dtype=dtype), torch.randn(40, 48, dtype=dtype)
+    b = torch.randn(40, dtype=dtype) if bias else None
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for op in (ops.linear, ops.weight_major):
+        compiled = torch.compile(lambda x, w, b, op=op: op(x, w, b) * 2, dynamic=True)
+        for got in (op(x, w, b), compiled(x, w, b) / 2):
+            assert got.dtype == dtype and got.shape == (rows, 40)
+            assert torch.allclose(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
