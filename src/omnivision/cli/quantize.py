@@ -26,7 +26,8 @@ def add_parser(sub, name: str) -> None:
                    help="any model source `run --model` accepts (default: the bundled nano model)")
     p.add_argument("out", nargs="?", help="native checkpoint directory to write")
     p.add_argument("--scheme", default="int8",
-                   help="int8, int4 or int4-g<32|64|128|256>[-sym] (default int8)")
+                   help="int8 (per row), int8-g32 (groups of 32: Q8_0's layout, this project's decode "
+                        "kernel), int4 or int4-g<32|64|128|256>[-sym] (default int8)")
     p.add_argument("--parts", help="comma-separated model parts to quantize (default: all three)")
     p.add_argument("--head", action="store_true",
                    help="also quantize the output head (for a tied model: the shared embedding table)")
