@@ -115,14 +115,8 @@ float dot(const int8_t* w, const uint16_t* wd, const Prepared& p, int64_t blocks
   return row_dot(w, wd, p.ax.data(), p.neg.data(), p.xs.data(), blocks);
 }
 
-#elif defined(__AVX2__) && defined(__FMA__)
-#if defined(__AVXVNNI__)
-constexpr int64_t kPath = 3;  // AVX-VNNI
 #else
-constexpr int64_t kPath = 2;  // AVX2
-#endif
-// 256 bits, one block per step: maddubs (u8 x s8 -> pairs of int16) and madd (-> int32), or one
-// AVX-VNNI dpbusd where the CPU has it.
+// Below AVX-512: the int8 row and its block scales as they are, one block per step.
 struct Prepared {
   std::vector<int8_t> xq;
   std::vector<float> xs;
@@ -132,6 +126,14 @@ Prepared prepare(const int8_t* xq, const float* xs, int64_t k) {
   return Prepared{std::vector<int8_t>(xq, xq + k), std::vector<float>(xs, xs + k / kBlock)};
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVXVNNI__)
+constexpr int64_t kPath = 3;  // AVX-VNNI
+#else
+constexpr int64_t kPath = 2;  // AVX2
+#endif
+// 256 bits: maddubs (u8 x s8 -> pairs of int16) and madd (-> int32), or one AVX-VNNI dpbusd where
+// the CPU has it.
 float dot(const int8_t* w, const uint16_t* wd, const Prepared& p, int64_t blocks) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
@@ -155,15 +157,6 @@ float dot(const int8_t* w, const uint16_t* wd, const Prepared& p, int64_t blocks
 #else
 constexpr int64_t kPath = 1;  // portable
 // Portable loops (ARM and older x86): the compiler vectorises what it can.
-struct Prepared {
-  std::vector<int8_t> xq;
-  std::vector<float> xs;
-};
-
-Prepared prepare(const int8_t* xq, const float* xs, int64_t k) {
-  return Prepared{std::vector<int8_t>(xq, xq + k), std::vector<float>(xs, xs + k / kBlock)};
-}
-
 float dot(const int8_t* w, const uint16_t* wd, const Prepared& p, int64_t blocks) {
   float total = 0.f;
   for (int64_t b = 0; b < blocks; ++b) {
@@ -173,7 +166,8 @@ float dot(const int8_t* w, const uint16_t* wd, const Prepared& p, int64_t blocks
   }
   return total;
 }
-#endif
+#endif  // AVX2 or portable
+#endif  // below AVX-512
 
 template <typename T>
 void product(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d, const std::optional<at::Tensor>& bias,
