@@ -57,7 +57,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", "--memory", str(memory_bytes)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("ab"),
                                      cwd=REPO, env=env)
-        self.buffer = b""
+        self.buffer, self.closed = b"", False
         if self.receive(startup_s) != {"ready": True}:
             self.kill()
             raise RuntimeError(f"the fuzz worker did not start (see {log})")
@@ -79,7 +79,8 @@ class WorkerProcess:
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
             chunk = os.read(fd, 1 << 16)
-            if not chunk:
+            if not chunk:  # the worker closed its output: it is exiting (see `judge`)
+                self.closed = True
                 return None
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
@@ -141,6 +142,11 @@ class Harness:
             self.worker = WorkerProcess(self.memory_bytes, self.workdir / "worker.log")
         result = self.worker.call(job, self.timeout_s)
         if result is None:
+            if self.worker.closed:  # its output ended before the process was reaped: wait for the exit
+                try:
+                    self.worker.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
             alive = self.worker.alive()
             status = self.worker.proc.returncode
             self.worker.kill()
