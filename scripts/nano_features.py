@@ -1,4 +1,4 @@
-"""How much of what the decoder sees of an object is its colour, and how much its shape.
+"""How much of what the decoder sees of an object is its colour, its shape, and its place.
 
     python scripts/nano_features.py MODEL DATA [--scenes 1500]
 
@@ -6,12 +6,17 @@ MODEL is a model with the `spatial3x3` projector (the nano model, or any stage o
 DATA a folder written by `omnivision data shapes` at the model's image size. For every object of the
 shapes scenes it takes the image token of the object's grid cell, at two points: the vision tower's
 features of the cell (its 3x3 patches, concatenated) and the projector's output, and prints for
-colour and for shape:
+colour, for shape and for the grid cell itself (which of the 9 tokens it is):
 
 - the between-class share of the variance (how far the class means lie apart, relative to all the
   variation of the token): the decoder learns to read an attribute slowly when this is small;
 - the held-out accuracy of a linear probe (softmax regression on standardised features, 80/20
   split): whether the attribute is there at all.
+
+The cell matters as much as the attributes: the decoder's only other clue to which token is "the
+object at the top left" is the token's place in the sequence, and in a conversation of several
+turns its distance from the question changes. A cell probe near chance (11 %) at the projector
+output means questions about one object of several get another object's answer.
 """
 
 from __future__ import annotations
@@ -30,14 +35,14 @@ from omnivision.train.image_loader import ImageLoader
 
 @torch.no_grad()
 def object_tokens(model_dir: str, data: Path, n_scenes: int):
-    """Per object: (tower features of its cell [9*D_v], projector output [D], colour, shape)."""
+    """Per object: tower features of its cell [9*D_v], projector output [D], colour, shape, cell."""
     vlm = load(model_dir, dtype="float32")
     model, loader = vlm.model, ImageLoader(vlm.config, data, cache=False)
     if model.projector.compression != "spatial3x3":
         raise SystemExit("error: needs a model with the spatial3x3 projector (one token per grid cell)")
     scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
     scenes = [s for s in scenes if s["kind"] == "shapes"][:n_scenes]
-    tower, projected, colours, shapes = [], [], [], []
+    tower, projected, colours, shapes, places = [], [], [], [], []
     for start in range(0, len(scenes), 64):
         chunk = scenes[start:start + 64]
         features = model.vision(torch.stack([loader(s["image"]) for s in chunk]))  # [B, 81, D_v]
@@ -50,7 +55,8 @@ def object_tokens(model_dir: str, data: Path, n_scenes: int):
                 projected.append(out[b, cell])
                 colours.append(o["color"])
                 shapes.append(o["shape"])
-    return torch.stack(tower), torch.stack(projected), colours, shapes
+                places.append(o["position"])
+    return torch.stack(tower), torch.stack(projected), colours, shapes, places
 
 
 def between_share(x: torch.Tensor, labels: list[str]) -> float:
@@ -84,11 +90,12 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--scenes", type=int, default=1500)
     args = p.parse_args()
-    tower, projected, colours, shapes = object_tokens(args.model, args.data, args.scenes)
+    tower, projected, colours, shapes, places = object_tokens(args.model, args.data, args.scenes)
     print(f"{len(colours)} objects; between-class share of variance / linear-probe accuracy")
     for name, x in (("tower (cell, 3x3 patches)", tower), ("projector output", projected)):
         print(f"{name:27} colour {between_share(x, colours):6.1%} / {probe_accuracy(x, colours):6.1%}"
-              f"   shape {between_share(x, shapes):6.1%} / {probe_accuracy(x, shapes):6.1%}")
+              f"   shape {between_share(x, shapes):6.1%} / {probe_accuracy(x, shapes):6.1%}"
+              f"   cell {between_share(x, places):6.1%} / {probe_accuracy(x, places):6.1%}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omnivision.config import OmniVisionConfig, ProjectorConfig, VisionConfig, preset
-from omnivision.model import OmniVisionModel
+from omnivision.model import OmniVisionModel, init_weights
 
 
 def test_release_preset_has_exactly_the_official_parameter_count():
@@ -79,3 +79,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, tiny_config
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_init_gives_the_siglip_position_table_its_own_scale(tiny_config):
+    """The position table is N(0, 1/sqrt(width)) whatever `std` the rest gets, as Hugging Face
+    initialises SigLIP: at the general 0.02 a small tower's image tokens lost which cell they came
+    from (issue 16)."""
+    torch.manual_seed(0)
+    model = OmniVisionModel(tiny_config)
+    init_weights(model, std=0.02)
+    table = model.vision.embeddings.position_embedding.weight  # [patches, width]
+    expected = table.shape[1] ** -0.5
+    assert abs(table.std().item() - expected) < 0.1 * expected
+    assert abs(table.mean().item()) < 0.1 * expected
+    conv = model.vision.embeddings.patch_embedding.weight
+    words = model.language.model.embed_tokens.weight
+    for other in (conv, words):
+        assert abs(other.std().item() - 0.02) < 0.002

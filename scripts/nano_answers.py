@@ -1,0 +1,71 @@
+"""Where a nano model's answers go wrong: held-out accuracy per question kind and object count.
+
+    python scripts/nano_answers.py MODEL DATA
+
+MODEL is a nano model (or any stage of the nano recipe), DATA a folder written by
+`omnivision data shapes` at the model's image size (the recipe's `eval-data`). For every question
+of `qa.jsonl` about a shapes scene the model answers greedily, one question per conversation as in
+the recipe's evaluation; the table gives the accuracy per kind (colour, shape, count, position)
+for scenes of 1, 2, 3 and 4 objects. For colour and shape it also counts the wrong answers that are
+the attribute of another object of the same scene: when nearly all are, the model reads the right
+attribute from the wrong token, which is a failure to tell the image tokens apart
+(`scripts/nano_features.py` then shows whether the tokens still carry their grid cell), not a
+failure to see colour or shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from omnivision.data.formats import read_qa
+from omnivision.loader import load
+
+KINDS = ("color", "shape", "count", "position")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("data", type=Path)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vlm = load(args.model, dtype="float32")
+    scenes = {}
+    for line in (args.data / "scenes.jsonl").read_text().splitlines():
+        scene = json.loads(line)
+        scenes[scene["image"]] = scene
+    items = [q for q in read_qa(args.data / "qa.jsonl")
+             if scenes[q.image]["kind"] == "shapes" and q.qtype in KINDS]
+    answers = []
+    for start in range(0, len(items), 64):
+        chunk = items[start:start + 64]
+        answers += vlm.answer_batch([args.data / q.image for q in chunk], [q.question for q in chunk],
+                                    max_new_tokens=16)
+    right: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    elsewhere = {kind: [0, 0] for kind in ("color", "shape")}  # [another object's, all wrong]
+    for q, a in zip(items, answers):
+        objects = scenes[q.image]["objects"]
+        said = a.strip().rstrip(".").lower()
+        ok = said == q.answer.lower()
+        right[q.qtype, len(objects)][0] += ok
+        right[q.qtype, len(objects)][1] += 1
+        if q.qtype in elsewhere and not ok:
+            elsewhere[q.qtype][0] += said in {o[q.qtype] for o in objects}
+            elsewhere[q.qtype][1] += 1
+    print(f"{'kind':9}" + "".join(f"{f'{n} object' + ('s' if n > 1 else ''):>12}" for n in range(1, 5)))
+    for kind in KINDS:
+        cells = [right[kind, n] for n in range(1, 5)]
+        print(f"{kind:9}" + "".join(f"{(r / t if t else 0):12.1%}" for r, t in cells))
+    for kind, (other, wrong) in elsewhere.items():
+        print(f"wrong {kind} answers naming another object's {kind}: {other} of {wrong}")
+
+
+if __name__ == "__main__":
+    main()
