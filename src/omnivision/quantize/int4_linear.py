@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from omnivision.model.linear import Product
+from omnivision.quantize.from_linear import filled_from
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 from omnivision.quantize.int4_packing import gather_codes, is_blocked, pack_codes, to_kernel, unpack_codes
 from omnivision.quantize.scheme import GROUP_SIZES
@@ -101,12 +102,7 @@ class Int4Linear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, group_size, linear.bias is not None,
                     linear.weight.dtype)
         codes, scales, zeros = quantize_int4(linear.weight, group_size, symmetric)
-        layer.qweight.copy_(pack_codes(codes))
-        layer.scales.copy_(scales)
-        layer.zeros.copy_(zeros)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer.to(linear.weight.device)
+        return filled_from(layer, linear, qweight=pack_codes(codes), scales=scales, zeros=zeros)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         codes = unpack_codes(self.qweight, self.out_features)

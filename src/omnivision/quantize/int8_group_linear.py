@@ -24,6 +24,7 @@ from torch import nn
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
 from omnivision.kernels.cpp_build import build_allowed, q8_linear
 from omnivision.model.linear import Product
+from omnivision.quantize.from_linear import filled_from
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 
 GROUP = 32
@@ -70,11 +71,7 @@ class Int8GroupLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> Int8GroupLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.dtype)
         q, scales = quantize_int8_groups(linear.weight)
-        layer.qweight.copy_(q)
-        layer.scales.copy_(scales)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer.to(linear.weight.device)
+        return filled_from(layer, linear, qweight=q, scales=scales)
 
     def _rows_between(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         q = self.qweight[start:stop].float().reshape(stop - start, -1, GROUP)  # [n, K/32, 32]

@@ -39,6 +39,7 @@ from torch import nn
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
 from omnivision.kernels.compiled_dot import compile_allowed, compiled, int8_dot, verified
 from omnivision.model.linear import Product
+from omnivision.quantize.from_linear import filled_from
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
@@ -145,11 +146,7 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.dtype)
         q, scales = quantize_int8(linear.weight)
-        layer.qweight.copy_(q)
-        layer.scales.copy_(scales)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer.to(linear.weight.device)
+        return filled_from(layer, linear, qweight=q, scales=scales)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.float() * self.scales[:, None]).to(dtype)

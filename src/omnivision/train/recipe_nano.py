@@ -94,6 +94,11 @@ class NanoConfig:
     chart 57.8 -> 80.6), POPE F1 from 0.73-0.80 to 0.94-0.95, and cut the absent objects named in
     captions from 70.3 to 9.3 % (README, The nano model)."""
     dpo_steps: int = 100
+    align_lr: float = 3e-3
+    sft_lr: float = 2e-3
+    precision: str = "auto"
+    """The training loop's `TrainConfig.precision` for every stage: auto (bf16 autocast where the
+    CPU has native bf16), fp32 or bf16."""
     batch_size: int = 32
     scale: float = 1.0
     """Multiplies every step count (and divides the scene counts when below 1)."""
@@ -105,10 +110,12 @@ def _steps(n: int, scale: float) -> int:
     return max(2, int(round(n * scale)))
 
 
-def _train_cfg(out: Path, steps: int, lr: float, batch: int, seed: int, warmup: int = 20) -> TrainConfig:
-    return TrainConfig(out_dir=str(out), steps=steps, batch_size=batch, lr=lr, warmup_steps=min(warmup, steps // 4),
-                       weight_decay=0.01, log_every=max(1, steps // 20), seed=seed, progress=False,
-                       precision="auto", distributed="none")
+def _train_cfg(cfg: NanoConfig, out: Path, steps: int, lr: float, batch: int, warmup: int = 20) -> TrainConfig:
+    """A stage's loop settings: `steps` scaled by `cfg.scale`, the run's seed and precision."""
+    n = _steps(steps, cfg.scale)
+    return TrainConfig(out_dir=str(out), steps=n, batch_size=batch, lr=lr, warmup_steps=min(warmup, n // 4),
+                       weight_decay=0.01, log_every=max(1, n // 20), seed=cfg.seed, progress=False,
+                       precision=cfg.precision, distributed="none")
 
 
 def _texts(data: Path, system_prompt: str) -> list[str]:
@@ -211,7 +218,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     lap("tokenizer")
 
     pretrain_text(model, tokenizer, _texts(data, config.processing.system_prompt),
-                  _train_cfg(out / "runs" / "text", _steps(cfg.text_steps, s), 3e-3, cfg.batch_size, cfg.seed))
+                  _train_cfg(cfg, out / "runs" / "text", cfg.text_steps, 3e-3, cfg.batch_size))
     lap("text pretraining")
 
     text_side = dataclasses.replace(config.text, hidden_size=128, intermediate_size=256, num_layers=2,
@@ -220,23 +227,23 @@ def run_nano(cfg: NanoConfig) -> dict:
     init_weights(siglip)
     pairs, true_texts = _siglip_pairs(data, cfg.seed)
     pretrain_siglip(siglip, tokenizer, pairs, ImageLoader(config, data, cache=True),
-                    _train_cfg(out / "runs" / "siglip", _steps(cfg.siglip_steps, s), 2e-3, 64, cfg.seed),
+                    _train_cfg(cfg, out / "runs" / "siglip", cfg.siglip_steps, 2e-3, 64),
                     true_texts)
     model.vision.load_state_dict(siglip.vision.state_dict())
     save_native(model, tokenizer, out / "stage0")
     lap("vision pretraining")
 
     run_align(AlignConfig(model=str(out / "stage0"), data=str(data / "captions.jsonl"), images=str(data),
-                          train=_train_cfg(out / "runs" / "align", _steps(cfg.align_steps, s), 3e-3,
-                                           cfg.batch_size, cfg.seed)))
+                          train=_train_cfg(cfg, out / "runs" / "align", cfg.align_steps, cfg.align_lr,
+                                           cfg.batch_size)))
     report["stages"]["1-align"] = evaluate(load(out / "runs" / "align" / "model", dtype="float32"), held_out)
     lap("stage 1")
 
     scales = {"language": cfg.sft_language_lr_scale} if cfg.sft_language_lr_scale != 1 else {}
     run_sft(SFTConfig(model=str(out / "runs" / "align" / "model"), data=str(data / "sft.json"), images=str(data),
                       train=dataclasses.replace(
-                          _train_cfg(out / "runs" / "sft", _steps(cfg.sft_steps, s), 2e-3, cfg.batch_size,
-                                     cfg.seed, warmup=50), lr_scales=scales),
+                          _train_cfg(cfg, out / "runs" / "sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, warmup=50),
+                          lr_scales=scales),
                       trainable=["projector", "language"], cache_images=True))
     stage2 = load(out / "runs" / "sft" / "model", dtype="float32")
     report["stages"]["2-sft"] = evaluate(stage2, held_out)
@@ -260,8 +267,8 @@ def run_nano(cfg: NanoConfig) -> dict:
     if kept:
         run_dpo(DPOConfig(model=str(out / "runs" / "sft" / "model"), data=str(out / "pairs.jsonl"),
                           images=str(data), beta=0.1, cache_images=True,
-                          train=_train_cfg(out / "runs" / "dpo", _steps(cfg.dpo_steps, s), 2e-5,
-                                           min(cfg.batch_size, 16), cfg.seed, warmup=5)))
+                          train=_train_cfg(cfg, out / "runs" / "dpo", cfg.dpo_steps, 2e-5,
+                                           min(cfg.batch_size, 16), warmup=5)))
         final = out / "runs" / "dpo" / "model"
     else:
         final = out / "runs" / "sft" / "model"
