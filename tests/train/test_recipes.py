@@ -13,7 +13,10 @@ from omnivision.data.formats import read_preferences
 from omnivision.loader import load
 from omnivision.train.config import TrainConfig
 from omnivision.train.recipe_align import AlignConfig, run_align
-from omnivision.train.recipe_dpo import DPOConfig, run_dpo
+from omnivision.train.encode import encode_preference
+from omnivision.train.image_loader import ImageLoader
+from omnivision.train.losses import lm_loss
+from omnivision.train.recipe_dpo import DPOConfig, DPOItem, DPOTask, collate, run_dpo
 from omnivision.train.recipe_sft import SFTConfig, run_sft
 
 
@@ -78,6 +81,27 @@ def test_make_pairs_with_the_oracle_then_dpo(workspace, capsys):
     assert (workspace / "dpo" / "model" / "model.safetensors").is_file()
     first = json.loads((workspace / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(0.6931, abs=2e-3)  # policy == reference at the first step: log 2
+
+
+def test_dpo_nll_weight_adds_the_chosen_answers_mean_token_loss(workspace):
+    vlm = load(workspace / "start", dtype="float32")
+    c, pc = vlm.config, vlm.config.processing
+    answers = [("2", "3"), ("a red circle at the top", "a blue circle at the top")]
+    items = [DPOItem(*encode_preference(vlm.tokenizer, "Describe the image.", chosen, rejected, True, pc.template,
+                                        pc.system_prompt, c.num_image_tokens), "images/000000.png")
+             for chosen, rejected in answers]
+    batch = collate(ImageLoader(c, workspace / "data"), vlm.tokenizer.endoftext_id)(items)
+    batch[1].fill_(-5.0)  # any reference: it cancels out of the difference
+    plain, _ = DPOTask(0.1).loss(vlm.model, batch)
+    with_nll, logged = DPOTask(0.1, nll_weight=0.5).loss(vlm.model, batch)
+    both = batch[0]
+    logits = vlm.model(both.input_ids, pixel_values=both.pixel_values, key_valid=both.key_valid)
+    per_answer = [float(lm_loss(logits[i:i + 1], both.labels[i:i + 1])) for i in range(len(items))]
+    expected = sum(per_answer) / len(per_answer)  # a mean per answer of its mean per token, not per token
+    assert logged["chosen_nll"] == pytest.approx(expected, rel=1e-5)
+    assert float(with_nll - plain) == pytest.approx(0.5 * expected, rel=1e-5)
+    with pytest.raises(ValueError, match="nll_weight"):
+        run_dpo(DPOConfig(model=str(workspace / "start"), data="unused", nll_weight=-1.0))
 
 
 def test_stage_from_yaml_with_overrides(workspace, capsys):

@@ -5,7 +5,8 @@
 The reference is the starting model itself, frozen: its log-probabilities of every chosen and
 rejected answer are computed once before training (the same weights would give the same numbers at
 every step), so training holds one model in memory. Each step runs the policy over the chosen and
-the rejected sequences as one batch and applies the sigmoid DPO loss (`train/losses.py`).
+the rejected sequences as one batch and applies the sigmoid DPO loss (`train/losses.py`), with,
+when `nll_weight` is set, the chosen answers' language-model loss added.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from omnivision.train.distributed import full_state_dict
 from omnivision.train.encode import EncodedExample, encode_preference
 from omnivision.train.image_loader import ImageLoader
 from omnivision.train.loop import TrainResult, train
-from omnivision.train.losses import dpo_loss, sequence_logps
+from omnivision.train.losses import IGNORE_INDEX, dpo_loss, sequence_logps
 from omnivision.train.lora import LoraSettings, prepare_parts
 from omnivision.weights.native import save_native
 
@@ -40,6 +41,11 @@ class DPOConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     beta: float = 0.1
     """Strength of the pull towards the reference (higher: stay closer)."""
+    nll_weight: float = 0.0
+    """Weight of the chosen answers' mean per-token negative log-likelihood, added to the DPO loss
+    (the "RPO" objective of Pang et al. 2024, arXiv:2404.19733). DPO alone only widens the gap
+    between chosen and rejected, and often does it by lowering both; this term holds the chosen
+    answers up. 0 (the default) is plain DPO."""
     trainable: list[str] = field(default_factory=lambda: ["projector", "language"])
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA adapters instead of full training (merged on save); off by default."""
@@ -67,8 +73,11 @@ def collate(loader: ImageLoader, pad_id: int):
 
 
 class DPOTask:
-    def __init__(self, beta: float) -> None:
-        self.beta = beta
+    """The sigmoid DPO loss of a batch of pairs, plus `nll_weight` times the chosen answers' mean
+    per-token NLL."""
+
+    def __init__(self, beta: float, nll_weight: float = 0.0) -> None:
+        self.beta, self.nll_weight = beta, nll_weight
 
     def loss(self, model, batch: tuple[Batch, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         both, ref = batch
@@ -76,7 +85,11 @@ class DPOTask:
         logps = sequence_logps(logits, both.labels)  # [2B]
         chosen, rejected = logps.chunk(2)
         out = dpo_loss(chosen, rejected, ref[0].to(logps), ref[1].to(logps), self.beta)
-        return out.loss, {"reward_accuracy": float(out.reward_accuracy), "margin": float(out.margin)}
+        tokens = (both.labels[:, 1:] != IGNORE_INDEX).sum(-1).chunk(2)[0].clamp(min=1)  # [B]
+        chosen_nll = -(chosen / tokens).mean()  # []
+        loss = out.loss + self.nll_weight * chosen_nll if self.nll_weight else out.loss
+        return loss, {"reward_accuracy": float(out.reward_accuracy), "margin": float(out.margin),
+                      "chosen_nll": float(chosen_nll)}
 
 
 @torch.no_grad()
@@ -95,6 +108,8 @@ def reference_logps(model, items: list[DPOItem], fn, batch: int = 8) -> None:
 def run_dpo(cfg: DPOConfig, resume: bool = False) -> TrainResult:
     if cfg.beta <= 0:
         raise ValueError(f"beta must be positive, got {cfg.beta}")
+    if cfg.nll_weight < 0:
+        raise ValueError(f"nll_weight must be >= 0, got {cfg.nll_weight}")
     vlm = load(cfg.model, dtype="float32")
     pairs, report = check_images(read_preferences(cfg.data), cfg.images, cfg.skip_bad_images)
     if report.skipped:
@@ -109,7 +124,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> TrainResult:
     reference_logps(vlm.model, items, fn)
     out = Path(cfg.train.out_dir)
     trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
-    result = train(vlm.model, DPOTask(cfg.beta), items, fn, cfg.train, trainable=trainable, resume=resume,
+    result = train(vlm.model, DPOTask(cfg.beta, cfg.nll_weight), items, fn, cfg.train, trainable=trainable, resume=resume,
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
                                                                      state=to_save(state)))
     state = full_state_dict(vlm.model)
