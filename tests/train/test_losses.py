@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omnivision.train.losses import (
     IGNORE_INDEX,
     dpo_loss,
+    label_counts,
     lm_loss,
     lm_loss_sum,
     sequence_logps,
@@ -260,3 +261,9 @@ def test_siglip_gradients_reach_scale_and_bias() -> None:
     assert scale.grad is not None and bias.grad is not None and emb.grad is not None
     # with bias -10 every logit is very negative: the diagonal positives pull the bias up
     assert float(bias.grad) < 0
+
+
+def test_label_counts_skip_the_first_position_and_ignored_labels() -> None:
+    labels = torch.tensor([[5, 6, X, 7], [X, X, 8, 9], [4, X, X, X]])  # [3, 4]
+    # the first position is never scored (nothing predicts it), ignored positions neither
+    assert label_counts(labels).tolist() == [2, 2, 0]

@@ -36,6 +36,11 @@ def _shifted_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
                            reduction="none")  # [B, T-1]
 
 
+def label_counts(labels: torch.Tensor) -> torch.Tensor:
+    """How many next tokens of each sequence are scored: labels [B, T] -> [B] (`labels[:, 0]` never is)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(-1)  # [B]
+
+
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy and the number of counted tokens, both 0-dim tensors.
 
@@ -43,8 +48,7 @@ def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     exact per-token mean of the whole batch whatever the number of labels per micro-batch.
     """
     nll = _shifted_token_nll(logits, labels)  # [B, T-1]
-    count = (labels[:, 1:] != IGNORE_INDEX).sum()  # []
-    return nll.sum(), count
+    return nll.sum(), label_counts(labels).sum()
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

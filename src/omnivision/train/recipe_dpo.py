@@ -26,7 +26,7 @@ from omnivision.train.distributed import full_state_dict
 from omnivision.train.encode import EncodedExample, encode_preference
 from omnivision.train.image_loader import ImageLoader
 from omnivision.train.loop import TrainResult, train
-from omnivision.train.losses import IGNORE_INDEX, dpo_loss, sequence_logps
+from omnivision.train.losses import dpo_loss, label_counts, sequence_logps
 from omnivision.train.lora import LoraSettings, prepare_parts
 from omnivision.weights.native import save_native
 
@@ -85,7 +85,7 @@ class DPOTask:
         logps = sequence_logps(logits, both.labels)  # [2B]
         chosen, rejected = logps.chunk(2)
         out = dpo_loss(chosen, rejected, ref[0].to(logps), ref[1].to(logps), self.beta)
-        tokens = (both.labels[:, 1:] != IGNORE_INDEX).sum(-1).chunk(2)[0].clamp(min=1)  # [B]
+        tokens = label_counts(both.labels).chunk(2)[0].clamp(min=1)  # [B]
         chosen_nll = -(chosen / tokens).mean()  # []
         loss = out.loss + self.nll_weight * chosen_nll if self.nll_weight else out.loss
         return loss, {"reward_accuracy": float(out.reward_accuracy), "margin": float(out.margin),
@@ -124,7 +124,8 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> TrainResult:
     reference_logps(vlm.model, items, fn)
     out = Path(cfg.train.out_dir)
     trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
-    result = train(vlm.model, DPOTask(cfg.beta, cfg.nll_weight), items, fn, cfg.train, trainable=trainable, resume=resume,
+    task = DPOTask(cfg.beta, cfg.nll_weight)
+    result = train(vlm.model, task, items, fn, cfg.train, trainable=trainable, resume=resume,
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
                                                                      state=to_save(state)))
     state = full_state_dict(vlm.model)
