@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from omnivision.train.config import TrainConfig
-from omnivision.train.loop import DataOrder, to_device, train
+from omnivision.train.loop import to_device, train
 
 
 def _run(toy, tmp_path, name, **overrides):
@@ -130,19 +130,6 @@ def test_bf16_autocast_and_gradient_checkpointing_switch(toy, tmp_path):
     assert model.head.weight.dtype == torch.float32  # autocast, not a cast of the weights
 
 
-def test_data_order_is_a_pure_function_of_the_step_and_splits_by_rank():
-    order = DataOrder(10, seed=3)
-    single = [order.indices(s, m, 0, 4, 2, 1) for s in range(5) for m in range(2)]
-    split = [order.indices(s, m, 0, 2, 2, 2) + order.indices(s, m, 1, 2, 2, 2)
-             for s in range(5) for m in range(2)]
-    assert single == split
-    stream = [i for batch in single for i in batch]  # 40 positions = 4 epochs of 10
-    for e in range(4):
-        expected = torch.randperm(10, generator=torch.Generator().manual_seed(3 + e)).tolist()
-        assert stream[10 * e: 10 * (e + 1)] == expected
-    assert DataOrder(10, seed=3).indices(3, 1, 0, 4, 2, 1) == single[7]
-
-
 def test_to_device_walks_containers():
     from dataclasses import dataclass
 
@@ -228,3 +215,28 @@ def test_gradient_checkpointing_on_the_tiny_model_changes_nothing(tiny_config, t
     assert models[1].language.gradient_checkpointing and not models[0].language.gradient_checkpointing
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+
+
+def test_group_by_length_batches_similar_samples_and_needs_their_lengths(toy, tmp_path, fp32_cfg):
+    data = toy.make_dataset(n=48)
+    index = {id(item): i for i, item in enumerate(data)}
+    lengths = torch.randperm(48, generator=torch.Generator().manual_seed(2)).tolist()
+    spreads = []  # per batch: longest - shortest
+
+    def collate(items):
+        batch = [lengths[index[id(i)]] for i in items]
+        spreads.append(max(batch) - min(batch))
+        return toy.collate(items)
+
+    def run(name, group, **kw):
+        spreads.clear()
+        cfg = TrainConfig(out_dir=str(tmp_path / name), steps=12, batch_size=4, group_by_length=group,
+                          **fp32_cfg)
+        train(toy.make_model(), toy.RegressionTask(), data, collate, cfg, **kw)
+        return sum(spreads) / len(spreads)
+
+    with pytest.raises(ValueError, match="group_by_length needs the samples' lengths"):
+        run("missing", 3)
+    assert run("grouped", 3, lengths=lengths) < 0.5 * run("plain", 0, lengths=lengths)
+    with pytest.raises(ValueError, match="group_by_length: 3 -> None"):  # another data order
+        run("grouped", 0, lengths=lengths, resume=True)

@@ -71,6 +71,11 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 turns clipping off (the norm is still logged)."""
     precision: str = "auto"
     """auto | fp32 | bf16: bf16 autocast (auto: only where the CPU or GPU supports bf16 natively)."""
+    group_by_length: int = 0
+    """Batch samples of similar length: runs of this many micro-batches are drawn together, sorted
+    by length and cut into micro-batches, so that a batch pads little (`train/data_order.py`). 0:
+    off. The recipe supplies the lengths (SFT, DPO and align do). A loss averaged over a batch's
+    tokens then weighs the tokens of short samples more than random batches do."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass (calls model.set_gradient_checkpointing(True))."""
     seed: int = 0
@@ -94,7 +99,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         for name in ("steps", "batch_size", "grad_accum", "keep_last", "log_every"):
             _require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "save_every", "seed"):
+        for name in ("warmup_steps", "save_every", "seed", "group_by_length"):
             _require(getattr(self, name) >= 0, name, f"must be non-negative, got {getattr(self, name)}")
         _require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         _require(all(v > 0 for v in self.lr_scales.values()), "lr_scales",

@@ -11,15 +11,14 @@ AdamW, schedule, autocast, gathered in a `_Run`), `_resume_or_refuse` (the start
 optimizer step `_train_step` (reseed, grad_accum `_micro_step`s, clip, step), `_StepLog.record`
 (throughput, metrics line, progress bar) and, when due, `_save` (checkpoint plus `on_checkpoint`).
 
-Data order. Samples are read as one endless stream: position p is `perm_e[p % N]` with
-`e = p // N` and `perm_e = randperm(N, generator=manual_seed(cfg.seed + e))` (batches may straddle
-epochs; nothing is dropped). With B = batch_size, A = grad_accum and W processes, micro-step m of
-optimizer step s (both 0-based) covers the W*B positions starting at `g = (s*A + m) * W*B`, and
-process r takes the contiguous slice `[g + r*B, g + (r+1)*B)`. A single process with batch_size W*B
-therefore sees exactly the same micro-batches as W processes with B, and since each process's loss
-is a mean over its B samples and DDP averages gradients over processes, the update is the same (up
-to float summation order). The position is a pure function of the step, so resuming needs only the
-step.
+Data order (`train/data_order.py`). Samples are read as one endless stream of shuffled epochs;
+micro-step m of optimizer step s covers the W*B positions starting at `(s*A + m) * W*B` (B =
+batch_size, A = grad_accum, W processes) and process r takes the r-th B of them. A single process
+with batch_size W*B therefore sees exactly the same micro-batches as W processes with B, and since
+each process's loss is a mean over its B samples and DDP averages gradients over processes, the
+update is the same (up to float summation order). The position is a pure function of the step, so
+resuming needs only the step. `cfg.group_by_length` batches samples of similar length (the recipe
+passes their `lengths`).
 
 Randomness. Before each optimizer step the torch, Python and NumPy generators are reseeded from
 (seed, rank, step), so dropout or augmentation inside the task is also a pure function of the step
@@ -56,6 +55,7 @@ from omnivision.process_group import DistInfo, all_reduce_means, barrier, broadc
 from omnivision.train.checkpoint import (clean_incomplete, complete_checkpoints, latest_checkpoint,
                                          load_checkpoint, save_checkpoint)
 from omnivision.train.config import TrainConfig, config_to_dict
+from omnivision.train.data_order import DataOrder
 from omnivision.train.distributed import full_state_dict, mode, wrap
 from omnivision.train.metrics import MetricsLog, plot_curves
 from omnivision.train.schedule import make_scheduler
@@ -89,32 +89,12 @@ class TrainResult:
     """The final checkpoint, out_dir/checkpoints/step_XXXXXXXX."""
 
 
-class DataOrder:
-    """Sample indices as a pure function of (step, micro-step, rank); see the module docstring."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
-        return self._perms[epoch]
-
-    def indices(self, step: int, micro: int, rank: int, batch_size: int, grad_accum: int,
-                world_size: int) -> list[int]:
-        start = (step * grad_accum + micro) * world_size * batch_size + rank * batch_size
-        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + batch_size)]
-
-
 def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callable[[list[Any]], Any],
           cfg: TrainConfig, *,
           trainable: Callable[[nn.Module], list[tuple[str, nn.Parameter]]] | None = None,
           resume: bool = False,
           on_checkpoint: Callable[[nn.Module, Path, dict[str, torch.Tensor]], None] | None = None,
+          lengths: Sequence[int] | None = None,
           ) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimizer steps (continuing the latest checkpoint in
     `cfg.out_dir` when `resume`). Under torchrun, call it on every process.
@@ -123,18 +103,20 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
     others are frozen. `on_checkpoint(model, dir, state)` runs on rank 0 after each checkpoint
     (including the final one) with the unwrapped model and its complete state dict (under FSDP
     gathered from the shards first: the model's own parameters are then sharded DTensors), e.g. to
-    save a native model next to it.
+    save a native model next to it. `lengths` (one per sample, e.g. its token count) is needed
+    only by `cfg.group_by_length`.
 
     Without `resume`, an `out_dir` that already holds checkpoints is refused (FileExistsError). A
-    resumed run must have the same schedule, optimizer settings, seed and global micro-batch as the
-    checkpoint (its `extra.trajectory`), else ValueError names what changed. The frozen parameters
-    are not in the checkpoint: build the model the same way as the first time.
+    resumed run must have the same schedule, optimizer settings, seed, global micro-batch and
+    grouping by length as the checkpoint (its `extra.trajectory`), else ValueError names what
+    changed. The frozen parameters are not in the checkpoint: build the model the same way as the
+    first time.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
     run = _set_up(model, cfg, trainable)
     start, final_dir = _resume_or_refuse(run, resume)
-    batch_at = _micro_batches(dataset, collate, cfg, run.info)
+    batch_at = _micro_batches(dataset, collate, cfg, run.info, lengths)
     steplog = _StepLog(run, start)
     run.wrapped.train()
     try:
@@ -296,9 +278,12 @@ class _StepStats:
 
 
 def _micro_batches(dataset: Sequence[Any], collate: Callable[[list[Any]], Any], cfg: TrainConfig,
-                   info: DistInfo) -> Callable[[int, int], Any]:
+                   info: DistInfo, lengths: Sequence[int] | None) -> Callable[[int, int], Any]:
     """`batch_at(step, micro)`: this process's micro-batch (see Data order), collated, on its device."""
-    order = DataOrder(len(dataset), cfg.seed)
+    if cfg.group_by_length and lengths is None:
+        raise ValueError("train.group_by_length needs the samples' lengths, and this recipe gives none")
+    order = DataOrder(len(dataset), cfg.seed, lengths=lengths, group=cfg.group_by_length,
+                      window=cfg.batch_size * info.world_size)
 
     def batch_at(step: int, micro: int) -> Any:
         ids = order.indices(step, micro, info.rank, cfg.batch_size, cfg.grad_accum, info.world_size)
@@ -476,6 +461,8 @@ def _run_identity(cfg: TrainConfig, world_size: int, amp: torch.dtype | None) ->
                            "min_lr_ratio", "max_grad_norm", "seed")}
     if cfg.lr_scales:  # only when set, so that checkpoints written before it existed still resume
         trajectory["lr_scales"] = dict(sorted(cfg.lr_scales.items()))
+    if cfg.group_by_length:  # likewise
+        trajectory["group_by_length"] = cfg.group_by_length
     trajectory["global_micro_batch"] = cfg.batch_size * world_size
     trajectory["autocast"] = str(amp) if amp is not None else "fp32"
     digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()
@@ -487,6 +474,7 @@ def _check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> N
     if saved.get("config_hash") == now["config_hash"]:
         return
     old, new = saved.get("trajectory", {}), now["trajectory"]
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in dict.fromkeys([*new, *old])
+             if old.get(k) != new.get(k)]
     raise ValueError(f"{path}: cannot resume exactly, the run changed ({'; '.join(diffs)}); "
                      "start a new out_dir instead")

@@ -83,6 +83,7 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> TrainResult:
              for c in captions]
     result = train(vlm.model, AlignTask(), items, collate(vlm.tokenizer.endoftext_id), cfg.train,
                    trainable=trainable_parts(["projector"]), resume=resume,
+                   lengths=[len(i.example) for i in items],
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
                                                                      state=state))
     state = full_state_dict(vlm.model)

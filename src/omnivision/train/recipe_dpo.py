@@ -89,7 +89,7 @@ class DPOTask:
         chosen_nll = -(chosen / tokens).mean()  # []
         loss = out.loss + self.nll_weight * chosen_nll if self.nll_weight else out.loss
         return loss, {"reward_accuracy": float(out.reward_accuracy), "margin": float(out.margin),
-                      "chosen_nll": float(chosen_nll)}
+                      "chosen_nll": float(chosen_nll.detach())}
 
 
 @torch.no_grad()
@@ -126,6 +126,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> TrainResult:
     trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
     task = DPOTask(cfg.beta, cfg.nll_weight)
     result = train(vlm.model, task, items, fn, cfg.train, trainable=trainable, resume=resume,
+                   lengths=[max(len(i.chosen), len(i.rejected)) for i in items],
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
                                                                      state=to_save(state)))
     state = full_state_dict(vlm.model)

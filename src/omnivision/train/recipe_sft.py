@@ -94,7 +94,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> TrainResult:
     out = Path(cfg.train.out_dir)
     trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
     result = train(vlm.model, LMTask(), items, image_collate(loader, vlm.tokenizer.endoftext_id), cfg.train,
-                   trainable=trainable, resume=resume,
+                   trainable=trainable, resume=resume, lengths=[len(i.example) for i in items],
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
                                                                      state=to_save(state)))
     state = full_state_dict(vlm.model)
