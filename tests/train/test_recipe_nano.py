@@ -10,13 +10,16 @@ import math
 import pytest
 import torch
 
+from omnivision.data.formats import read_qa
 from omnivision.data.records import PreferencePair
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.loader import load
 from omnivision.train.nano_report import markdown_table
 from omnivision.train.recipe_nano import (
     NanoConfig,
     balance_yes_no,
     nano_config,
+    pair_sources,
     run_nano,
 )
 
@@ -38,6 +41,21 @@ def test_yes_no_corrections_are_balanced():
     assert dropped == 2 and len(kept) == 3
     assert sorted(p.chosen for p in kept) == ["A red circle.", "no", "yes"]
     assert balance_yes_no(pairs[:3]) == ([], 3)  # corrections one way only: none kept
+
+
+def test_pair_sources_draw_each_kind_with_its_edit_threshold(tmp_path):
+    generate_shapes_dataset(tmp_path, 12, seed=4, image_size=90)
+    questions = {(q.image, q.question): q.answer for q in read_qa(tmp_path / "qa.jsonl")}
+    probes = {(q.image, q.question): q.answer for q in read_qa(tmp_path / "pope.jsonl")}
+    sources = pair_sources(tmp_path, 5, seed=0, kinds=("probe", "question"))
+    assert len(sources) == 10 and all(threshold == 1.0 for _, threshold in sources)
+    assert [probes[s.image, s.prompt] for s, _ in sources[:5]] == [s.reference for s, _ in sources[:5]]
+    assert [questions[s.image, s.prompt] for s, _ in sources[5:]] == [s.reference for s, _ in sources[5:]]
+    captions = pair_sources(tmp_path, 3, seed=0, kinds=("caption",))
+    assert len(captions) == 3 and all(t == 0.5 and s.prompt == "Describe the image." for s, t in captions)
+    assert pair_sources(tmp_path, 5, seed=0, kinds=("probe", "question")) == sources  # seeded
+    with pytest.raises(ValueError, match="'charts'"):
+        pair_sources(tmp_path, 5, seed=0, kinds=("caption", "charts"))
 
 
 def _losses(run_dir) -> list[float]:
@@ -85,7 +103,7 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     quarter = len(sft) // 4
     assert quarter >= 4 and _mean(sft[-quarter:]) < 0.6 * _mean(sft[:quarter]), sft
     assert (out / "stage0").is_dir() and (out / "runs" / "align" / "model").is_dir()
-    # the DPO pairs: every one of the 40 caption requests and 40 yes/no probes is kept or counted
+    # the DPO pairs: every one of the 40 yes/no probes and 40 single questions is kept or counted
     # as dropped, what is kept is what was written, and DPO trained on it (at this scale the model's
     # answers usually hold chat-template text, so none is kept and stage 3 ships the SFT model)
     pairs = (out / "pairs.jsonl").read_text().splitlines()
