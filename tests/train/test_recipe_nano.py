@@ -121,3 +121,16 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+@pytest.mark.long
+def test_stages_2_and_3_can_leave_the_projector_as_stage_1_made_it(tmp_path):
+    run_nano(NanoConfig(out=str(tmp_path / "nano"), scale=0.01, eval_scenes=30,
+                        sft_trainable=("language",), dpo_trainable=("language",)))
+    aligned = load(tmp_path / "nano" / "runs" / "align" / "model", dtype="float32").model.state_dict()
+    final = load(tmp_path / "nano" / "model", dtype="float32").model.state_dict()
+    projector = [n for n in aligned if n.startswith("projector.")]
+    language = [n for n in aligned if n.startswith("language.")]
+    assert projector and language
+    assert all(torch.equal(final[n], aligned[n]) for n in projector)
+    assert not all(torch.equal(final[n], aligned[n]) for n in language)
