@@ -11,6 +11,11 @@ the attribute of another object of the same scene: when nearly all are, the mode
 attribute from the wrong token, which is a failure to tell the image tokens apart
 (`scripts/nano_features.py` then shows whether the tokens still carry their grid cell), not a
 failure to see colour or shape.
+
+Then the yes/no probes of `pope.jsonl` whose object is absent: how many get a false "yes", split by
+whether the probe's colour and its shape are each somewhere in the scene. False "yes" answers where
+only the shape is there mean the model checks the shape and not the colour; where both are there
+on different objects, that it does not bind them to one object.
 """
 
 from __future__ import annotations
@@ -37,17 +42,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     vlm = load(args.model, dtype="float32")
-    scenes = {}
+    scenes: dict[str, dict] = {}
     for line in (args.data / "scenes.jsonl").read_text().splitlines():
         scene = json.loads(line)
         scenes[scene["image"]] = scene
     items = [q for q in read_qa(args.data / "qa.jsonl")
              if scenes[q.image]["kind"] == "shapes" and q.qtype in KINDS]
-    answers = []
-    for start in range(0, len(items), 64):
-        chunk = items[start:start + 64]
-        answers += vlm.answer_batch([args.data / q.image for q in chunk], [q.question for q in chunk],
-                                    max_new_tokens=16)
+    answers = _answers(vlm, args.data, items)
     right: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     elsewhere = {kind: [0, 0] for kind in ("color", "shape")}  # [another object's, all wrong]
     for q, a in zip(items, answers):
@@ -65,6 +66,34 @@ def main() -> None:
         print(f"{kind:9}" + "".join(f"{(r / t if t else 0):12.1%}" for r, t in cells))
     for kind, (other, wrong) in elsewhere.items():
         print(f"wrong {kind} answers naming another object's {kind}: {other} of {wrong}")
+    _false_yes(vlm, args.data, scenes)
+
+
+def _answers(vlm, data: Path, items) -> list[str]:
+    answers = []
+    for start in range(0, len(items), 64):
+        chunk = items[start:start + 64]
+        answers += vlm.answer_batch([data / q.image for q in chunk], [q.question for q in chunk],
+                                    max_new_tokens=16)
+    return answers
+
+
+def _false_yes(vlm, data: Path, scenes: dict[str, dict]) -> None:
+    """False "yes" answers to the probes of absent objects, by what of the object the scene has."""
+    absent = [q for q in read_qa(data / "pope.jsonl") if q.answer == "no"]
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [false "yes", probes]
+    for q, a in zip(absent, _answers(vlm, data, absent)):
+        colour, shape = q.extra["object"].split(" ", 1)
+        objects = scenes[q.image]["objects"]
+        has = (any(o["color"] == colour for o in objects), any(o["shape"] == shape for o in objects))
+        group = {(False, False): "neither", (False, True): "its shape only", (True, False): "its colour only",
+                 (True, True): "both, on different objects"}[has]
+        counts[group][0] += a.strip().lower().startswith("yes")
+        counts[group][1] += 1
+    print("probes of absent objects: false \"yes\" by what of the object the scene has")
+    for group in ("neither", "its colour only", "its shape only", "both, on different objects"):
+        wrong, total = counts[group]
+        print(f"  {group:28}{wrong:5} of {total:5}" + (f" ({wrong / total:.1%})" if total else ""))
 
 
 if __name__ == "__main__":

@@ -348,3 +348,25 @@ def test_without_a_bundled_model_a_random_tiny_one_answers_with_a_note(capsys, m
     expected = OmniVision(random_model("tiny", tokenizer), tokenizer).chat(None, "What is this?",
                                                                            max_new_tokens=6)
     assert expected and out == expected + "\n"
+
+
+def test_recipe_nano_takes_any_config_field_as_an_override(monkeypatch, capsys):
+    import omnivision.train.recipe_nano as recipe_nano
+
+    seen = []
+
+    def fake_run(cfg):
+        seen.append(cfg)
+        stage = {"qa": {"overall": 0.5}, "pope": {}}
+        return {"stages": {"1-align": stage, "2-sft": stage, "3-dpo": stage}, "timings_s": {}, "total_s": 1.0}
+
+    monkeypatch.setattr(recipe_nano, "run_nano", fake_run)
+    monkeypatch.setattr("omnivision.train.nano_report.markdown_table", lambda report: "")
+    assert main(["train", "recipe", "nano", "--out", "x", "--seed", "7", "sft_trainable=[language]",
+                 "sft_steps=12", "seed=3"]) == 0
+    cfg = seen[0]
+    assert (cfg.out, cfg.seed, cfg.scale) == ("x", 7, 1.0)  # the flag wins over seed=3
+    assert cfg.sft_trainable == ("language",) and cfg.sft_steps == 12
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["final"] == {"overall": 0.5}
+    assert main(["train", "recipe", "nano", "--out", "x", "sft_stpes=12"]) != 0
+    assert "unknown config key 'sft_stpes'" in capsys.readouterr().err and len(seen) == 1

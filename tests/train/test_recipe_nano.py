@@ -92,7 +92,7 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     assert table == markdown_table(report) and table.count("\n") == 5
     # every training stage logged finite losses, and the ones long enough to learn at this scale fell
     # (at this scale: text 2 logged steps, SigLIP 3, align 2, SFT 27, whose loss falls from ~5 to
-    # well under 0.6 of its start with both parts at 5e-4, the recipe's default)
+    # well under 0.6 of its start with the decoder at 5e-4 and the projector frozen, the defaults)
     for stage in ("text", "siglip", "align", "sft"):
         losses = _losses(out / "runs" / stage)
         assert losses and all(math.isfinite(v) for v in losses), (stage, losses)
@@ -121,16 +121,11 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
-
-
-@pytest.mark.long
-def test_stages_2_and_3_can_leave_the_projector_as_stage_1_made_it(tmp_path):
-    run_nano(NanoConfig(out=str(tmp_path / "nano"), scale=0.01, eval_scenes=30,
-                        sft_trainable=("language",), dpo_trainable=("language",)))
-    aligned = load(tmp_path / "nano" / "runs" / "align" / "model", dtype="float32").model.state_dict()
-    final = load(tmp_path / "nano" / "model", dtype="float32").model.state_dict()
+    # stages 2 and 3 train the decoder and leave the projector as stage 1 made it (the defaults)
+    aligned = load(out / "runs" / "align" / "model", dtype="float32").model.state_dict()
     projector = [n for n in aligned if n.startswith("projector.")]
     language = [n for n in aligned if n.startswith("language.")]
     assert projector and language
-    assert all(torch.equal(final[n], aligned[n]) for n in projector)
-    assert not all(torch.equal(final[n], aligned[n]) for n in language)
+    assert all(torch.equal(got[n], aligned[n]) for n in projector)
+    assert not all(torch.equal(got[n], aligned[n]) for n in language)
+

@@ -5,7 +5,8 @@
   `model=runs/align/model`). Under `torchrun` every process runs the same command.
 - `omnivision train make-pairs --model SRC --data FILE --kind qa|captions --images DIR
   --out pairs.jsonl [--teacher oracle|endpoint ...]`: minimal-edit preference pairs.
-- `omnivision train recipe nano --out DIR [--scale S]`: the whole nano pipeline.
+- `omnivision train recipe nano --out DIR [--scale S] [--seed N] [key=value ...]`: the whole nano
+  pipeline; `key=value` sets any other `NanoConfig` field (`sft_trainable=[language]`).
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def add_parser(sub, name: str) -> None:
     recipes = r.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
     n = recipes.add_parser("nano", help="train the nano model from nothing on a CPU")
     n.add_argument("--out", required=True, help="output folder (data, runs, model/, report.json)")
-    n.add_argument("--scale", type=float, default=1.0, help="multiply every step count (default 1)")
-    n.add_argument("--seed", type=int, default=1)
+    n.add_argument("--scale", type=float, help="multiply every step count (default 1)")
+    n.add_argument("--seed", type=int, help="the training data's seed (default 1)")
+    n.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="any other NanoConfig field, e.g. sft_steps=2700 sft_trainable=[language]")
     n.set_defaults(handler=run_nano)
 
 
@@ -105,12 +108,22 @@ def run_make_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def nano_config(args: argparse.Namespace):
+    """The recipe's `NanoConfig`: the overrides, then the named flags (which win)."""
+    import dataclasses
+
+    from omnivision.train.recipe_nano import NanoConfig
+
+    flags = {"out": args.out, "scale": args.scale, "seed": args.seed}
+    return dataclasses.replace(load_config(NanoConfig, None, args.overrides),
+                               **{k: v for k, v in flags.items() if v is not None})
+
+
 def run_nano(args: argparse.Namespace) -> int:
     from omnivision.train.nano_report import markdown_table
-    from omnivision.train.recipe_nano import NanoConfig
     from omnivision.train.recipe_nano import run_nano as nano
 
-    report = nano(NanoConfig(out=args.out, scale=args.scale, seed=args.seed))
+    report = nano(nano_config(args))
     print(markdown_table(report), end="")
     print(json.dumps({"total_s": report["total_s"], "final": report["stages"]["3-dpo"]["qa"]}),
           file=sys.stdout)

@@ -6,14 +6,15 @@
 4. Pretrain the vision tower with the SigLIP sigmoid loss on captions and short descriptions
    (`recipe_siglip.py`).
 5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`).
-6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`); projector and decoder learn,
-   the decoder at `sft_language_lr_scale` times the projector's rate, the tower stays as
-   pretrained; batches hold conversations of similar length. Trained along at the same rate, the
-   tower lost what it had of colour (its share of an object's feature variance fell from 21 % to
-   1 %, measured with `scripts/nano_features.py`) and colour answers stayed at chance.
+6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`); only the decoder learns
+   (`sft_trainable`), the tower and the projector stay as stages 0-1 made them; batches hold
+   conversations of similar length. Trained along, the tower lost what it had of colour (its share
+   of an object's feature variance fell from 21 % to 1 %, `scripts/nano_features.py`), and the
+   projector, even at a tenth of the decoder's rate, loses which grid cell a token is (see
+   `sft_trainable`).
 7. Stage 3: the stage-2 model answers yes/no probes and single questions of training scenes, the
-   ground-truth oracle makes minimal corrections, DPO on the kept pairs (`make_pairs.py`,
-   `recipe_dpo.py`).
+   ground-truth oracle makes minimal corrections, DPO on the kept pairs trains the decoder
+   (`make_pairs.py`, `recipe_dpo.py`).
 
 After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json` holds every
 number and `model/` the final native checkpoint. The step counts below fit the 30-minute budget on
@@ -90,21 +91,24 @@ class NanoConfig:
     """Stage 2's steps, in batches of conversations of similar length (`TrainConfig.group_by_length`):
     random batches were half padding, so grouped ones run twice as many steps in the same time, and
     stage 2 is limited by its steps (1,350 steps: 46.8 %, 2,700: 64.5 %; the AMD EPYC)."""
-    sft_trainable: tuple[str, ...] = ("projector", "language")
-    """The parts stage 2 trains. The projector's training takes the grid cell out of the image
-    tokens (`scripts/nano_features.py`: cell probe 72.1 % after stage 1, 33.6 % after stages 2-3).
-    With ("language",) and `dpo_trainable` likewise, from the same stage-1 model (AMD EPYC,
-    2026-12-05): stage 2 81.0 % held-out (colour 81.7, position 65.0, shape 94.2, but chart 78.9,
-    count 84.6, POPE F1 86.6-89.6), stage 3 82.0 % with absent objects 3.2 -> 2.1 %; against 77.4
-    and 77.9 % with the projector trained. Not yet the default: POPE F1 falls below 0.90."""
+    sft_trainable: tuple[str, ...] = ("language",)
+    """The parts stage 2 trains. Training the projector here takes the grid cell out of the image
+    tokens, and questions about one object of several get another object's answer. From one stage-1
+    model (held-out seed, AMD EPYC, 2026-12-05): projector and decoder at 5e-4, stage 2 77.4 %
+    (colour 70.4, position 52.1, cell probe 72.1 -> 33.6 %); projector at 5e-5, decoder at 5e-4,
+    73.2 % (colour 52.1, position 50.0; the cell's share of the token's variance 11.6 -> 4.7 %);
+    projector frozen, 81.0 % (colour 81.7, position 65.0), but chart 78.9 against 89.4 and POPE F1
+    0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
+    (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model)."""
     sft_group_by_length: int = 16
     """Stage 2's `TrainConfig.group_by_length` (0: random batches)."""
     sft_language_lr_scale: float = 1.0
     """Stage 2's decoder learns at this multiple of `sft_lr` (the projector's rate). A separate rate
     mattered while the projector learned at 2e-3: the decoder at a quarter of it lifted colour from
-    chance (README, The nano model). With the tower's position table initialised at its own scale
-    and stage 1 at 3e-4, both parts at 5e-4 did best (stage 2 71.4 % against 53.9 % with the
-    projector at 2e-3 and the decoder at 5e-4; the AMD EPYC, 2026-12-05)."""
+    chance (`docs/nano-recipe-history.md`). With the tower's position table initialised at its own
+    scale and stage 1 at 3e-4, both parts at 5e-4 did best (stage 2 71.4 % against 53.9 % with the
+    projector at 2e-3 and the decoder at 5e-4; the AMD EPYC, 2026-12-05). With the projector frozen
+    (`sft_trainable`) only the decoder's rate, `sft_lr` times this, matters."""
     dpo_sources: int = 1000
     """Stage 3 draws this many training prompts of each kind in `dpo_kinds` (times `scale` when
     below 1, at least 40) for the stage-2 model to answer; the oracle's corrections of its wrong
@@ -119,9 +123,10 @@ class NanoConfig:
     dpo_steps: int = 30
     """Stage 3's steps. At 100 (batch 16, about 7 passes over the pairs) the same pairs cost answers:
     QA 75.5 % and colour 70.4 -> 60.0 % against 77.9 % and 71.7 % at 30."""
-    dpo_trainable: tuple[str, ...] = ("projector", "language")
+    dpo_trainable: tuple[str, ...] = ("language",)
     """The parts stage 3 trains. After a stage 2 with the projector frozen, training it here cost
-    6.7 points of answers and raised absent objects from 3.2 to 34 %."""
+    6.7 points of answers and raised absent objects from 3.2 to 34 %; the decoder alone added a
+    point and lowered them to 2.1 %."""
     dpo_lr: float = 2e-5
     """Stage 3's rate."""
     dpo_nll_weight: float = 1.0
@@ -131,7 +136,9 @@ class NanoConfig:
     align_lr: float = 3e-4
     """Stage 1's rate (only the projector learns). At 3e-3 the projector's output lost the
     image tokens' grid cell (linear probe 88.5 % at initialisation, 23 % after stage 1); at 3e-4 it
-    kept it, at the same caption loss (`scripts/nano_features.py`)."""
+    kept more of it, at the same caption loss (`scripts/nano_features.py`). Lower is not better:
+    at 1e-4 the probe read 84.4 % against 72.1 % at 3e-4, but the stage 2 that followed, projector
+    frozen, answered 72.1 % against 81.0 (one thread against two; AMD EPYC, 2026-12-05)."""
     sft_lr: float = 5e-4
     """Stage 2's rate: the projector's; the decoder's is this times `sft_language_lr_scale`."""
     precision: str = "auto"
