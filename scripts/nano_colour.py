@@ -58,9 +58,10 @@ from omnivision.processing.image import ImageProcessor
 from omnivision.train.config import TrainConfig
 from omnivision.train.encode import encode_conversation
 from omnivision.train.losses import IGNORE_INDEX
+from omnivision.train.lm_task import LMTask
 from omnivision.train.loop import train
 from omnivision.train.parts import trainable_parts
-from omnivision.train.recipe_align import AlignItem, AlignTask, collate
+from omnivision.train.recipe_align import AlignItem, collate
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "omnivision" / "assets" / "nano"
 
@@ -268,7 +269,7 @@ def main() -> None:
                       warmup_steps=min(20, args.steps // 4), weight_decay=0.01, log_every=max(1, args.steps // 10),
                       seed=args.seed, progress=False, precision=args.precision, distributed="none",
                       lr_scales={"language": args.language_scale} if "language" in args.parts else {})
-    result = train(vlm.model, AlignTask(), train_items, collate(vlm.tokenizer.endoftext_id), cfg,
+    result = train(vlm.model, LMTask(), train_items, collate(vlm.tokenizer.endoftext_id), cfg,
                    trainable=trainable_parts(args.parts.split(",")))
     print("loss curve:", [round(r["loss"], 3) for r in map(__import__("json").loads,
                                                            result.metrics_path.read_text().splitlines())])

@@ -49,6 +49,21 @@ def test_images_are_concatenated_in_order_and_counted() -> None:
         collate_examples([], PAD)
 
 
+def test_cached_features_take_the_place_of_pixels() -> None:
+    one = EncodedExample([9, 262, 9], [X, X, 9], 1)
+    text = EncodedExample([9, 9], [X, 9], 0)
+    first, second = torch.zeros(4, 6), torch.ones(4, 6)  # [P, D_v] each
+    batch = collate_examples([one, text, one], PAD, vision_features=[first, second])
+    assert batch.pixel_values is None
+    assert batch.vision_features is not None and batch.vision_features.shape == (2, 4, 6)
+    assert batch.vision_features[0].sum() == 0 and batch.vision_features[1].sum() == 24
+    assert collate_examples([text], PAD, vision_features=[]).vision_features is None
+    with pytest.raises(ValueError, match="2 images but 1 feature"):
+        collate_examples([one, text, one], PAD, vision_features=[first])
+    with pytest.raises(ValueError, match="not both"):
+        collate_examples([one], PAD, [torch.zeros(3, 8, 8)], vision_features=[first])
+
+
 def test_batch_to_moves_every_tensor() -> None:
     ex = EncodedExample([9, 262, 9], [X, X, 9], 1)
     batch = collate_examples([ex], PAD, [torch.zeros(3, 8, 8, dtype=torch.bfloat16)])
@@ -58,6 +73,9 @@ def test_batch_to_moves_every_tensor() -> None:
         assert getattr(moved, name).device.type == "meta"
         assert getattr(moved, name).dtype == getattr(batch, name).dtype
     assert batch.input_ids.device.type == "cpu"
+    features = collate_examples([ex], PAD, vision_features=[torch.zeros(4, 6, dtype=torch.bfloat16)])
+    assert features.to("meta").vision_features.device.type == "meta"
+    assert features.to("meta").vision_features.dtype == torch.bfloat16
     assert collate_examples([EncodedExample([1], [X], 0)], PAD).to("meta").pixel_values is None
 
 

@@ -63,6 +63,26 @@ def test_sft_learns_the_chosen_parts_and_lowers_the_loss(workspace):
     assert result.steps == 12
 
 
+def test_sft_on_cached_features_trains_as_on_pixels(workspace, capsys):
+    data = workspace / "data"
+
+    def sft(out, **kw):
+        run_sft(SFTConfig(model=str(workspace / "start"), data=str(data / "sft.json"), images=str(data),
+                          train=_train(workspace / out, steps=6), **kw))
+        return [json.loads(line)["loss"] for line in (workspace / out / "metrics.jsonl").read_text().splitlines()]
+
+    on_pixels = sft("sft-pixels")
+    on_features = sft("sft-features", feature_cache=str(workspace / "sft-cache"))
+    assert "vision features: 16 computed, 0 reused" in capsys.readouterr().out
+    assert on_features == pytest.approx(on_pixels, rel=1e-4)  # the same training, the tower skipped
+    pixels, features = _state(workspace / "sft-pixels" / "model"), _state(workspace / "sft-features" / "model")
+    assert all(torch.allclose(pixels[k], features[k], atol=1e-4) for k in pixels)  # Adam after 6 steps
+    sft("sft-features-again", feature_cache=str(workspace / "sft-cache"))
+    assert "vision features: 0 computed, 16 reused" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="frozen vision tower"):
+        sft("sft-vision", feature_cache=str(workspace / "sft-cache"), trainable=["vision", "language"])
+
+
 def test_make_pairs_with_the_oracle_then_dpo(workspace, capsys):
     data = workspace / "data"
     pairs = workspace / "pairs.jsonl"

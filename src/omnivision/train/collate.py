@@ -33,6 +33,9 @@ class Batch:
     """[B, T] bool; True on real tokens (the model's `key_valid`, a.k.a. attention mask)."""
     pixel_values: torch.Tensor | None
     """[N, 3, H, W] for the N images in row-major placeholder order, or None without images."""
+    vision_features: torch.Tensor | None = None
+    """[N, P, D_v]: the same images as the frozen vision tower's cached output, in place of
+    `pixel_values` (`train/feature_cache.py`), or None."""
 
     @property
     def attention_mask(self) -> torch.Tensor:
@@ -51,17 +54,20 @@ class Batch:
             key_valid=self.key_valid.to(device, non_blocking=non_blocking),
             pixel_values=None if self.pixel_values is None
             else self.pixel_values.to(device, non_blocking=non_blocking),
+            vision_features=None if self.vision_features is None
+            else self.vision_features.to(device, non_blocking=non_blocking),
         )
 
 
 def collate_examples(examples: Sequence[EncodedExample], pad_id: int,
                      pixel_values: Sequence[torch.Tensor] | None = None, *,
-                     images_given_separately: bool = False) -> Batch:
+                     vision_features: Sequence[torch.Tensor] | None = None) -> Batch:
     """Pad `examples` on the right to the longest one and stack them.
 
     `pixel_values` holds the images of the examples in order, each [3, H, W] (or [k, 3, H, W] for k
     images); their total must equal the examples' `num_images`, so the model's row-major splice gives
-    each placeholder block its own image. Text-only batches pass None.
+    each placeholder block its own image. Text-only batches pass None. With a frozen tower the images
+    may come as its cached features instead, `vision_features`, each [P, D_v], one per image.
     """
     if not examples:
         raise ValueError("no examples to collate")
@@ -76,6 +82,14 @@ def collate_examples(examples: Sequence[EncodedExample], pad_id: int,
         key_valid[row, :n] = True
 
     num_images = sum(e.num_images for e in examples)
+    if vision_features is not None:
+        if pixel_values:
+            raise ValueError("give the images as pixel_values or as vision_features, not both")
+        if len(vision_features) != num_images:
+            raise ValueError(f"the examples hold {num_images} images but {len(vision_features)} "
+                             "feature tensors were given")
+        features = torch.stack(list(vision_features)) if vision_features else None  # [N, P, D_v]
+        return Batch(input_ids, labels, key_valid, None, features)
     images = None
     if pixel_values:
         for n, p in enumerate(pixel_values):
@@ -84,6 +98,6 @@ def collate_examples(examples: Sequence[EncodedExample], pad_id: int,
                                  "or [k, 3, H, W]")
         images = torch.cat([p if p.dim() == 4 else p[None] for p in pixel_values])  # [N, 3, H, W]
     got = 0 if images is None else images.shape[0]
-    if got != num_images and not (images_given_separately and images is None):
+    if got != num_images:
         raise ValueError(f"the examples hold {num_images} images but {got} pixel tensors were given")
     return Batch(input_ids, labels, key_valid, images)

@@ -26,8 +26,8 @@ from omnivision.train.distributed import full_state_dict
 from omnivision.train.encode import EncodedExample, encode_caption
 from omnivision.train.feature_cache import FeatureCache
 from omnivision.train.image_loader import ImageLoader
+from omnivision.train.lm_task import LMTask
 from omnivision.train.loop import TrainResult, train
-from omnivision.train.losses import lm_loss
 from omnivision.train.parts import trainable_parts
 from omnivision.weights.native import save_native
 
@@ -54,17 +54,10 @@ class AlignItem:
     features: torch.Tensor  # [P, D_v]
 
 
-class AlignTask:
-    def loss(self, model, batch: tuple[Batch, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        tokens, features = batch
-        logits = model(tokens.input_ids, vision_features=features, key_valid=tokens.key_valid)
-        return lm_loss(logits, tokens.labels), {}
-
-
 def collate(pad_id: int):
-    def fn(items: list[AlignItem]) -> tuple[Batch, torch.Tensor]:
-        return (collate_examples([i.example for i in items], pad_id, images_given_separately=True),
-                torch.stack([i.features for i in items]))
+    def fn(items: list[AlignItem]) -> Batch:
+        return collate_examples([i.example for i in items], pad_id,
+                                vision_features=[i.features for i in items])
     return fn
 
 
@@ -81,7 +74,7 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> TrainResult:
     items = [AlignItem(encode_caption(vlm.tokenizer, c.caption, pc.template, pc.system_prompt,
                                       vlm.config.num_image_tokens, prompt=cfg.prompt), features[c.image])
              for c in captions]
-    result = train(vlm.model, AlignTask(), items, collate(vlm.tokenizer.endoftext_id), cfg.train,
+    result = train(vlm.model, LMTask(), items, collate(vlm.tokenizer.endoftext_id), cfg.train,
                    trainable=trainable_parts(["projector"]), resume=resume,
                    lengths=[len(i.example) for i in items],
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",

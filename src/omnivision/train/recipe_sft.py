@@ -5,12 +5,15 @@
 Setup -> train -> save, top to bottom. Loss on the assistant tokens only, the closing `<|im_end|>`
 included (`train/encode.py`), with the model's own chat template. Which parts learn is configurable
 (`trainable`: projector, language, vision); the vision tower stays frozen unless named. Trainable
-parts learn fully, or through LoRA adapters (`lora`, `train/lora.py`). The final model, adapters
-merged, is written as a native checkpoint to `<train.out_dir>/model`.
+parts learn fully, or through LoRA adapters (`lora`, `train/lora.py`). With the tower frozen, its
+features can be computed once per image and cached on disk (`feature_cache`), as stage 1 always
+does. The final model, adapters merged, is written as a native checkpoint to
+`<train.out_dir>/model`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +27,10 @@ from omnivision.train.config import TrainConfig
 from omnivision.process_group import is_main
 from omnivision.train.distributed import full_state_dict
 from omnivision.train.encode import EncodedExample, encode_conversation, truncate
+from omnivision.train.feature_cache import FeatureCache
 from omnivision.train.image_loader import ImageLoader
+from omnivision.train.lm_task import LMTask
 from omnivision.train.loop import TrainResult, train
-from omnivision.train.losses import lm_loss
 from omnivision.train.lora import LoraSettings, prepare_parts
 from omnivision.weights.native import save_native
 
@@ -51,20 +55,18 @@ class SFTConfig:
     """Drop and count records whose image is missing or undecodable instead of stopping."""
     cache_images: bool = False
     """Keep preprocessed images in memory (small data sets)."""
+    feature_cache: str = ""
+    """Folder for the vision tower's features, computed once per image and kept on disk by image
+    content (`train/feature_cache.py`): the steps then run the projector and the decoder only, and a
+    later run on the same images and tower reuses them. Only with the tower frozen (`vision` not in
+    `trainable`). Empty: the tower runs in every step, under the training's autocast (cached
+    features are computed in the model's dtype, float32)."""
 
 
 @dataclass
 class SFTItem:
     example: EncodedExample
     image: str | None
-
-
-class LMTask:
-    """Mean next-token loss over the labelled tokens of a batch of conversations."""
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(batch.input_ids, pixel_values=batch.pixel_values, key_valid=batch.key_valid)
-        return lm_loss(logits, batch.labels), {"label_tokens": float(batch.num_label_tokens)}
 
 
 def encode_items(vlm, conversations, max_len: int) -> list[SFTItem]:
@@ -84,16 +86,36 @@ def image_collate(loader: ImageLoader, pad_id: int):
     return collate
 
 
+def feature_collate(features: dict[str, torch.Tensor], pad_id: int):
+    """Batches whose images are the frozen tower's cached features [P, D_v], by image name."""
+    def collate(items: list[SFTItem]) -> Batch:
+        return collate_examples([i.example for i in items], pad_id,
+                                vision_features=[features[i.image] for i in items if i.image is not None])
+    return collate
+
+
+def _collate(cfg: SFTConfig, vlm, conversations) -> Callable[[list[SFTItem]], Batch]:
+    pad_id = vlm.tokenizer.endoftext_id
+    if not cfg.feature_cache:
+        return image_collate(ImageLoader(vlm.config, cfg.images, cfg.cache_images), pad_id)
+    if "vision" in cfg.trainable:
+        raise ValueError("feature_cache needs a frozen vision tower, but 'vision' is in trainable")
+    cache = FeatureCache(cfg.feature_cache, vlm.model, ImageLoader(vlm.config, cfg.images, cache=False))
+    features = cache.features([c.image for c in conversations if c.image is not None])
+    print(f"vision features: {cache.computed} computed, {cache.reused} reused from {cfg.feature_cache}")
+    return feature_collate(features, pad_id)
+
+
 def run_sft(cfg: SFTConfig, resume: bool = False) -> TrainResult:
     vlm = load(cfg.model, dtype="float32")
     conversations, report = check_images(read_conversations(cfg.data), cfg.images, cfg.skip_bad_images)
     if report.skipped:
         print(f"skipped {sum(report.skipped.values())} records with bad images: {dict(report.skipped)}")
     items = encode_items(vlm, conversations, cfg.max_len)
-    loader = ImageLoader(vlm.config, cfg.images, cfg.cache_images)
+    collate = _collate(cfg, vlm, conversations)
     out = Path(cfg.train.out_dir)
     trainable, to_save = prepare_parts(vlm.model, cfg.trainable, cfg.lora, cfg.train.seed)
-    result = train(vlm.model, LMTask(), items, image_collate(loader, vlm.tokenizer.endoftext_id), cfg.train,
+    result = train(vlm.model, LMTask(), items, collate, cfg.train,
                    trainable=trainable, resume=resume, lengths=[len(i.example) for i in items],
                    on_checkpoint=lambda model, d, state: save_native(model, vlm.tokenizer, d / "model",
                                                                      state=to_save(state)))
