@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,30 +34,43 @@ from omnivision.model.projector import spatial3x3
 from omnivision.train.image_loader import ImageLoader
 
 
-@torch.no_grad()
-def object_tokens(model_dir: str, data: Path, n_scenes: int):
-    """Per object: tower features of its cell [9*D_v], projector output [D], colour, shape, cell."""
-    vlm = load(model_dir, dtype="float32")
-    model, loader = vlm.model, ImageLoader(vlm.config, data, cache=False)
-    if model.projector.compression != "spatial3x3":
-        raise SystemExit("error: needs a model with the spatial3x3 projector (one token per grid cell)")
+def shapes_scenes(data: Path, n_scenes: int) -> list[dict]:
+    """The first `n_scenes` shapes scenes of DATA's scenes.jsonl."""
     scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
-    scenes = [s for s in scenes if s["kind"] == "shapes"][:n_scenes]
-    tower, projected, colours, shapes, places = [], [], [], [], []
+    return [s for s in scenes if s["kind"] == "shapes"][:n_scenes]
+
+
+@torch.no_grad()
+def cell_tokens(parts: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader: ImageLoader,
+                scenes: list[dict]) -> tuple[dict[str, torch.Tensor], list[str], list[str], list[str]]:
+    """Per object of `scenes`, the token of its grid cell from each of `parts` (pixels [B, 3, H, W]
+    -> [B, 9, D]): {name: [N_objects, D]}, and the objects' colours, shapes and places."""
+    tokens: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
+    colours, shapes, places = [], [], []
     for start in range(0, len(scenes), 64):
         chunk = scenes[start:start + 64]
-        features = model.vision(torch.stack([loader(s["image"]) for s in chunk]))  # [B, 81, D_v]
-        cells = spatial3x3(features)  # [B, 9, 9*D_v]
-        out = model.projector(features)  # [B, 9, D]
+        pixels = torch.stack([loader(s["image"]) for s in chunk])  # [B, 3, H, W]
+        outputs = {name: part(pixels) for name, part in parts.items()}  # each [B, 9, D]
         for b, scene in enumerate(chunk):
             for o in scene["objects"]:
                 cell = POSITIONS.index(o["position"])
-                tower.append(cells[b, cell])
-                projected.append(out[b, cell])
+                for name, out in outputs.items():
+                    tokens[name].append(out[b, cell])
                 colours.append(o["color"])
                 shapes.append(o["shape"])
                 places.append(o["position"])
-    return torch.stack(tower), torch.stack(projected), colours, shapes, places
+    return {name: torch.stack(t) for name, t in tokens.items()}, colours, shapes, places
+
+
+def object_tokens(model_dir: str, data: Path, n_scenes: int):
+    """Per object: tower features of its cell [9*D_v] and projector output [D], by name; colour, shape, cell."""
+    vlm = load(model_dir, dtype="float32")
+    model = vlm.model
+    if model.projector.compression != "spatial3x3":
+        raise SystemExit("error: needs a model with the spatial3x3 projector (one token per grid cell)")
+    parts = {"tower (cell, 3x3 patches)": lambda px: spatial3x3(model.vision(px)),  # [B, 9, 9*D_v]
+             "projector output": lambda px: model.projector(model.vision(px))}  # [B, 9, D]
+    return cell_tokens(parts, ImageLoader(vlm.config, data, cache=False), shapes_scenes(data, n_scenes))
 
 
 def between_share(x: torch.Tensor, labels: list[str]) -> float:
@@ -90,13 +104,15 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--scenes", type=int, default=1500)
     args = p.parse_args()
-    tower, projected, colours, shapes, places = object_tokens(args.model, args.data, args.scenes)
+    print_shares(*object_tokens(args.model, args.data, args.scenes))
+
+
+def print_shares(tokens: dict[str, torch.Tensor], colours: list[str], shapes: list[str], places: list[str]) -> None:
     print(f"{len(colours)} objects; between-class share of variance / linear-probe accuracy")
-    for name, x in (("tower (cell, 3x3 patches)", tower), ("projector output", projected)):
+    for name, x in tokens.items():
         print(f"{name:27} colour {between_share(x, colours):6.1%} / {probe_accuracy(x, colours):6.1%}"
               f"   shape {between_share(x, shapes):6.1%} / {probe_accuracy(x, shapes):6.1%}"
               f"   cell {between_share(x, places):6.1%} / {probe_accuracy(x, places):6.1%}")
-
 
 if __name__ == "__main__":
     main()

@@ -244,6 +244,25 @@ def test_siglip_hand_worked_shared_positive() -> None:
         siglip_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0), torch.ones(3, 3, dtype=torch.bool))
 
 
+def test_siglip_hand_worked_more_images_than_texts() -> None:
+    """Three images against two distinct texts (the region objective's shape): images [[2, 0],
+    [0, 3], [1, 0]] and texts [[1, 0], [0, 0.5]], image 2 with text 0 as image 0.
+
+    Normalised, img @ txt.T = [[1, 0], [0, 1], [1, 0]]; at scale 1, bias 0 each true pair costs
+    -log sigmoid(1) = 0.31326169 and each other log 2 = 0.69314718: 3 of each over N=3 images,
+    (3 * 0.31326169 + 3 * 0.69314718) / 3 = 1.00640887. Without positives there is no diagonal to
+    default to, so it is refused."""
+    img = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
+    positives = torch.tensor([[True, False], [False, True], [True, False]])
+    loss = siglip_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0), positives)
+    assert float(loss) == pytest.approx(1.00640887, abs=1e-7)
+    with pytest.raises(ValueError, match="positives"):
+        siglip_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"\[M, D\]"):
+        siglip_loss(img, torch.zeros(2, 3), torch.tensor(1.0), torch.tensor(0.0), positives)
+
+
 def test_siglip_matched_pairs_beat_shuffled() -> None:
     img = torch.randn(8, 16)
     txt = img + 0.3 * torch.randn(8, 16)

@@ -15,11 +15,17 @@ from omnivision.data.records import PreferencePair
 from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.loader import load
 from omnivision.train.nano_report import markdown_table
+from omnivision.data.scenes import read_scenes
+from omnivision.data.shape_scenes import POSITIONS, ShapeScene
 from omnivision.train.recipe_nano import (
+    EMPTY_CELL,
     NanoConfig,
+    _cell_texts,
     balance_yes_no,
     nano_config,
+    nano_tokenizer,
     pair_sources,
+    pretrain_tower,
     run_nano,
 )
 
@@ -30,6 +36,37 @@ def test_nano_config_gives_one_token_per_scene_cell():
     config = nano_config(256)
     assert config.vision.grid == 9 and config.projector.compression == "spatial3x3"
     assert config.num_image_tokens == 9
+
+
+def test_every_cell_of_a_shapes_scene_is_named_with_its_place(tmp_path):
+    generate_shapes_dataset(tmp_path, 12, seed=3, image_size=90, chart_fraction=0.25)
+    texts = _cell_texts(tmp_path)
+    records = list(read_scenes(tmp_path / "scenes.jsonl"))
+    shapes = [r for r in records if isinstance(r.scene, ShapeScene)]
+    assert 0 < len(shapes) < len(records) and set(texts) == {r.image for r in shapes}  # charts have none
+    for r in shapes:
+        cells = texts[r.image]
+        assert [c for c, _ in cells] == list(range(9))
+        for o in r.scene.objects:
+            cell = POSITIONS.index(o.position)
+            place = "in the center" if o.position == "center" else f"at the {o.position}"
+            assert cells[cell][1] == f"a {o.size} {o.color} {o.shape} {place}", (r.image, o)
+        empty = [t for c, t in cells if POSITIONS[c] not in {o.position for o in r.scene.objects}]
+        assert len(empty) == 9 - len(r.scene.objects) and all(t.startswith(EMPTY_CELL + " ") for t in empty)
+    assert texts[shapes[0].image][4][1].endswith(" in the center")
+
+
+@pytest.mark.parametrize("cell_texts", [False, True])
+def test_tower_pretraining_adds_the_cell_objective_when_asked(tmp_path, cell_texts):
+    generate_shapes_dataset(tmp_path / "data", 40, seed=4, image_size=90)
+    config, tokenizer = nano_tokenizer(tmp_path / "data", 300)
+    torch.manual_seed(0)
+    cfg = NanoConfig(siglip_cell_texts=cell_texts, scale=0.01)  # 3 steps
+    tower = pretrain_tower(cfg, config, tokenizer, tmp_path / "data", tmp_path / "run")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 3 and all(math.isfinite(m["loss"]) for m in logged)
+    assert all(("regions_loss" in m) == cell_texts for m in logged), logged
+    assert tower(torch.zeros(1, 3, 90, 90)).shape == (1, 81, config.vision.hidden_size)
 
 
 def test_yes_no_corrections_are_balanced():

@@ -43,7 +43,8 @@ def probe_text(name: str) -> str:
     return PROBE_Q.format(article="an" if name[0] in "aeiou" else "a", object=name)
 
 
-def _where(position: str) -> str:
+def where(position: str) -> str:
+    """The phrase that places an object: "at the top left", "in the center"."""
     return "in the center" if position == "center" else f"at the {position}"
 
 
@@ -56,7 +57,7 @@ def caption(scene: Scene) -> str:
     if isinstance(scene, ChartScene):
         bars = _join([f"{label} is {value}" for label, value in zip(scene.labels, scene.values)])
         return f"A bar chart with {len(scene.values)} bars: {bars}."
-    text = _join([f"a {o.size} {o.color} {o.shape} {_where(o.position)}" for o in scene.objects])
+    text = _join([f"a {o.size} {o.color} {o.shape} {where(o.position)}" for o in scene.objects])
     return text[0].upper() + text[1:] + "."
 
 
@@ -75,10 +76,10 @@ def descriptions(scene: Scene) -> list[str]:
         return ["a bar chart"]
     out: list[str] = []
     for o in scene.objects:
-        where = _where(o.position)
+        place = where(o.position)
         for text in (f"a {o.shape}", f"a {o.color} object", f"a {o.color} {o.shape}",
-                     f"a {o.size} {o.color} {o.shape}", f"a {o.shape} {where}",
-                     f"a {o.color} object {where}", f"a {o.color} {o.shape} {where}"):
+                     f"a {o.size} {o.color} {o.shape}", f"a {o.shape} {place}",
+                     f"a {o.color} object {place}", f"a {o.color} {o.shape} {place}"):
             if text not in out:
                 out.append(text)
     return out
@@ -95,8 +96,8 @@ def shape_questions(scene: ShapeScene) -> dict[str, list[Question]]:
     objs = scene.objects
     out: dict[str, list[Question]] = {"color": [], "shape": [], "count": [], "position": []}
     for o in objs:
-        out["color"].append(Question(COLOR_Q.format(where=_where(o.position)), o.color, "color", {}))
-        out["shape"].append(Question(SHAPE_Q.format(where=_where(o.position)), o.shape, "shape", {}))
+        out["color"].append(Question(COLOR_Q.format(where=where(o.position)), o.color, "color", {}))
+        out["shape"].append(Question(SHAPE_Q.format(where=where(o.position)), o.shape, "shape", {}))
     for shape in SHAPES:
         n = sum(o.shape == shape for o in objs)
         out["count"].append(Question(COUNT_Q.format(plural=PLURALS[shape]), str(n), "count",

@@ -116,10 +116,10 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, arXiv:2303.15343): [N, D], [N, D] -> [].
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, arXiv:2303.15343): [N, D], [M, D] -> [].
 
-    Both embeddings are L2-normalised; logits = logit_scale * img @ txt.T + logit_bias [N, N]; the
-    label is +1 for the matched pair (the diagonal) and -1 elsewhere, and
+    Both embeddings are L2-normalised; logits = logit_scale * img @ txt.T + logit_bias [N, M]; the
+    label is +1 for a true pair and -1 elsewhere, and
 
         loss = -(1/N) * sum_{i,j} log sigmoid(label_ij * logit_ij)
 
@@ -129,20 +129,24 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: to
     `logit_scale` is the multiplier t itself, not its log: with the paper's parameterisation
     t = exp(t') (t' initialised to log 10, the bias to -10), pass `t_prime.exp()`.
 
-    `positives` [N, N] (bool) marks every text that is true of an image, for data where a text can
-    describe several images of a batch ("a red circle"); the default is the diagonal. Since each
-    pair is its own binary term, several positives per row need no other change.
+    `positives` [N, M] (bool) marks every text that is true of an image, for data where a text can
+    describe several images of a batch ("a red circle") or where the texts are the batch's distinct
+    ones (M != N); the default, for N == M, is the diagonal (the matched pairs). Since each pair is
+    its own binary term, several positives per row need no other change.
     """
-    if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
+    if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} "
-                         "must both be [N, D]")
+                         "must be [N, D] and [M, D]")
     img = F.normalize(image_emb.float(), dim=-1)  # [N, D]
-    txt = F.normalize(text_emb.float(), dim=-1)  # [N, D]
-    logits = logit_scale.float() * img @ txt.T + logit_bias.float()  # [N, N]
+    txt = F.normalize(text_emb.float(), dim=-1)  # [M, D]
+    logits = logit_scale.float() * img @ txt.T + logit_bias.float()  # [N, M]
     n = logits.shape[0]
     if positives is None:
+        if n != logits.shape[1]:
+            raise ValueError(f"{n} images and {logits.shape[1]} texts: without matched pairs, "
+                             "positives [N, M] must say which are true")
         positives = torch.eye(n, device=logits.device, dtype=torch.bool)
     elif positives.shape != logits.shape:
-        raise ValueError(f"positives {tuple(positives.shape)} must be [N, N] = {tuple(logits.shape)}")
-    labels = 2 * positives.to(logits.dtype) - 1  # [N, N]: +1 true pairs, -1 the rest
+        raise ValueError(f"positives {tuple(positives.shape)} must be [N, M] = {tuple(logits.shape)}")
+    labels = 2 * positives.to(logits.dtype) - 1  # [N, M]: +1 true pairs, -1 the rest
     return -F.logsigmoid(labels * logits).sum() / n

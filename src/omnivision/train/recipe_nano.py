@@ -37,14 +37,16 @@ import torch
 from omnivision.config import OmniVisionConfig, ProcessingConfig, ProjectorConfig, TextConfig, VisionConfig
 from omnivision.data.formats import read_captions, read_conversations, read_qa, write_jsonl
 from omnivision.data.shapes_dataset import generate_shapes_dataset
-from omnivision.data.questions import caption, descriptions
+from omnivision.data.questions import caption, descriptions, where
 from omnivision.data.records import PreferencePair
 from omnivision.data.scenes import read_scenes
-from omnivision.data.shape_scenes import BACKGROUND
+from omnivision.data.shape_scenes import BACKGROUND, POSITIONS, ShapeScene
 from omnivision.eval.shapes_accuracy import absent_object_rate, pope_metrics, qa_accuracy
 from omnivision.loader import load
 from omnivision.model import OmniVisionModel, init_weights
+from omnivision.model.siglip import SiglipVisionTower
 from omnivision.processing.prompt import Message, render
+from omnivision.processing.tokenizer import Tokenizer
 from omnivision.processing.tokenizer_training import train_byte_level_bpe
 from omnivision.train.config import TrainConfig
 from omnivision.train.image_loader import ImageLoader
@@ -88,6 +90,12 @@ class NanoConfig:
     vocab_size: int = 768
     text_steps: int = 150
     siglip_steps: int = 300
+    siglip_cell_texts: bool = False
+    """Add the region objective to the tower's pretraining (`recipe_siglip.py`): each grid cell's
+    tokens against the text of what the cell holds and where (`_cell_texts`). It keeps colour,
+    shape and cell each a fifth of an object token's variance whatever the draw, but the one full
+    run made with it answered worse (72.0 % held-out against 82.0; README, The nano model): stage 1
+    then took colour's share down instead of up. Off, the recipe makes the bundled model."""
     align_steps: int = 150
     sft_steps: int = 5400
     """Stage 2's steps, in batches of conversations of similar length (`TrainConfig.group_by_length`):
@@ -102,6 +110,11 @@ class NanoConfig:
     projector frozen, 81.0 % (colour 81.7, position 65.0), but chart 78.9 against 89.4 and POPE F1
     0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
     (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model)."""
+    sft_feature_cache: bool = False
+    """Stage 2 reads the frozen tower's features from a cache computed once per image, in float32
+    (`SFTConfig.feature_cache`), instead of running the tower in every step under bf16 autocast.
+    1.41x the steps per second in a paired measurement (README, Training), but the numbers differ
+    from the tower's in-step ones, so the bundled model's run is not reproduced with it."""
     sft_group_by_length: int = 16
     """Stage 2's `TrainConfig.group_by_length` (0: random batches)."""
     sft_language_lr_scale: float = 1.0
@@ -165,6 +178,16 @@ def _train_cfg(cfg: NanoConfig, out: Path, steps: int, lr: float, batch: int, wa
                        precision=cfg.precision, distributed="none")
 
 
+def nano_tokenizer(data: Path, vocab_size: int) -> tuple[OmniVisionConfig, Tokenizer]:
+    """Step 2: the byte-level BPE tokenizer trained on the training scenes' text, and the nano
+    config with its vocabulary and special tokens."""
+    config = nano_config(vocab_size)
+    tokenizer = train_byte_level_bpe(_texts(data, config.processing.system_prompt), vocab_size)
+    return dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size),
+                               image_token_id=tokenizer.image_pad_id,
+                               stop_token_ids=(tokenizer.im_end_id, tokenizer.endoftext_id)), tokenizer
+
+
 def _texts(data: Path, system_prompt: str) -> list[str]:
     """The tokenizer's corpus: every training conversation, chat-formatted (without its image), and
     every caption."""
@@ -187,6 +210,45 @@ def _siglip_pairs(data: Path, seed: int) -> tuple[list[tuple[str, str]], dict[st
         true_texts[record.image] = frozenset([*short, full])
         pairs += [(record.image, full)] + [(record.image, t) for t in rng.sample(short, min(3, len(short)))]
     return pairs, true_texts
+
+
+EMPTY_CELL = "an empty cell"
+
+
+def _cell_texts(data: Path) -> dict[str, list[tuple[int, str]]]:
+    """Per shapes image, each of its 9 grid cells (one merged image token each, `nano_config`) with
+    the text of what it holds and where: "a large red circle at the top left", "an empty cell in
+    the center".
+
+    The place is named so that each cell's features say which cell they are: without it the
+    tower's between-cell share of an object's features fell to about 1 %; with it colour, shape and
+    cell took 17-20 %, 14-15 % and 22-24 % on two initialisations that without the region objective
+    left colour at 3.5 and 7.9 % (16,000 scenes, 300 steps; `scripts/nano_features.py`'s measures,
+    AMD EPYC, 2026-12-05)."""
+    out = {}
+    for record in read_scenes(data / "scenes.jsonl"):
+        if isinstance(record.scene, ShapeScene):
+            held = {POSITIONS.index(o.position): f"a {o.size} {o.color} {o.shape}" for o in record.scene.objects}
+            out[record.image] = [(cell, f"{held.get(cell, EMPTY_CELL)} {where(place)}")
+                                 for cell, place in enumerate(POSITIONS)]
+    return out
+
+
+def pretrain_tower(cfg: NanoConfig, config: OmniVisionConfig, tokenizer: Tokenizer, data: Path,
+                   out: Path) -> SiglipVisionTower:
+    """Step 4: a fresh tower (from torch's current random state) pretrained with the SigLIP loss on
+    the training scenes' captions and short descriptions, and with `siglip_cell_texts` on every
+    grid cell's text."""
+    text_side = dataclasses.replace(config.text, hidden_size=128, intermediate_size=256, num_layers=2,
+                                    num_heads=4, num_kv_heads=2)
+    siglip = SiglipPretrainModel(config.vision, text_side,
+                                 merge=config.projector.compression if cfg.siglip_cell_texts else None)
+    init_weights(siglip)
+    pairs, true_texts = _siglip_pairs(data, cfg.seed)
+    pretrain_siglip(siglip, tokenizer, pairs, ImageLoader(config, data, cache=True),
+                    _train_cfg(cfg, out, cfg.siglip_steps, 2e-3, 64),
+                    true_texts, _cell_texts(data) if cfg.siglip_cell_texts else None)
+    return siglip.vision
 
 
 def evaluate(vlm: OmniVision, data: Path) -> dict:
@@ -301,11 +363,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     generate_shapes_dataset(held_out, n_eval, cfg.eval_seed, image_size=size)
     lap("data")
 
-    config = nano_config(cfg.vocab_size)
-    tokenizer = train_byte_level_bpe(_texts(data, config.processing.system_prompt), cfg.vocab_size)
-    config = dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size),
-                                 image_token_id=tokenizer.image_pad_id,
-                                 stop_token_ids=(tokenizer.im_end_id, tokenizer.endoftext_id))
+    config, tokenizer = nano_tokenizer(data, cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     model = OmniVisionModel(config)
     init_weights(model)
@@ -315,15 +373,7 @@ def run_nano(cfg: NanoConfig) -> dict:
                   _train_cfg(cfg, out / "runs" / "text", cfg.text_steps, 3e-3, cfg.batch_size))
     lap("text pretraining")
 
-    text_side = dataclasses.replace(config.text, hidden_size=128, intermediate_size=256, num_layers=2,
-                                    num_heads=4, num_kv_heads=2)
-    siglip = SiglipPretrainModel(config.vision, text_side)
-    init_weights(siglip)
-    pairs, true_texts = _siglip_pairs(data, cfg.seed)
-    pretrain_siglip(siglip, tokenizer, pairs, ImageLoader(config, data, cache=True),
-                    _train_cfg(cfg, out / "runs" / "siglip", cfg.siglip_steps, 2e-3, 64),
-                    true_texts)
-    model.vision.load_state_dict(siglip.vision.state_dict())
+    model.vision.load_state_dict(pretrain_tower(cfg, config, tokenizer, data, out / "runs" / "siglip").state_dict())
     save_native(model, tokenizer, out / "stage0")
     lap("vision pretraining")
 
@@ -338,7 +388,8 @@ def run_nano(cfg: NanoConfig) -> dict:
                       train=dataclasses.replace(
                           _train_cfg(cfg, out / "runs" / "sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, warmup=50),
                           lr_scales=scales, group_by_length=cfg.sft_group_by_length),
-                      trainable=list(cfg.sft_trainable), cache_images=True))
+                      trainable=list(cfg.sft_trainable), cache_images=True,
+                      feature_cache=str(out / "runs" / "features") if cfg.sft_feature_cache else ""))
     stage2 = load(out / "runs" / "sft" / "model", dtype="float32")
     report["stages"]["2-sft"] = evaluate(stage2, held_out)
     lap("stage 2")
