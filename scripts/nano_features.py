@@ -98,6 +98,14 @@ def probe_accuracy(x: torch.Tensor, labels: list[str], steps: int = 300) -> floa
         return float((probe(x[split:]).argmax(1) == y[split:]).float().mean())
 
 
+def print_shares(tokens: dict[str, torch.Tensor], colours: list[str], shapes: list[str], places: list[str]) -> None:
+    print(f"{len(colours)} objects; between-class share of variance / linear-probe accuracy")
+    for name, x in tokens.items():
+        print(f"{name:27} colour {between_share(x, colours):6.1%} / {probe_accuracy(x, colours):6.1%}"
+              f"   shape {between_share(x, shapes):6.1%} / {probe_accuracy(x, shapes):6.1%}"
+              f"   cell {between_share(x, places):6.1%} / {probe_accuracy(x, places):6.1%}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -106,13 +114,6 @@ def main() -> None:
     args = p.parse_args()
     print_shares(*object_tokens(args.model, args.data, args.scenes))
 
-
-def print_shares(tokens: dict[str, torch.Tensor], colours: list[str], shapes: list[str], places: list[str]) -> None:
-    print(f"{len(colours)} objects; between-class share of variance / linear-probe accuracy")
-    for name, x in tokens.items():
-        print(f"{name:27} colour {between_share(x, colours):6.1%} / {probe_accuracy(x, colours):6.1%}"
-              f"   shape {between_share(x, shapes):6.1%} / {probe_accuracy(x, shapes):6.1%}"
-              f"   cell {between_share(x, places):6.1%} / {probe_accuracy(x, places):6.1%}")
 
 if __name__ == "__main__":
     main()

@@ -106,7 +106,8 @@ class CaptionItem:
 class SiglipTask:
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         parts = model(**batch)  # through the DDP/FSDP wrapper's forward
-        return sum(parts.values()), ({f"{k}_loss": float(v.detach()) for k, v in parts.items()} if len(parts) > 1 else {})
+        logged = {f"{k}_loss": float(v.detach()) for k, v in parts.items()} if len(parts) > 1 else {}
+        return sum(parts.values()), logged
 
 
 def _padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
