@@ -28,6 +28,21 @@ def test_shapes_writes_the_dataset_and_prints_one_line(tmp_path, capsys):
     assert f"{n} records (conversations), all valid; images: kept {n} of {n}" in capsys.readouterr().out
 
 
+def test_shapes_can_ask_every_question_one_at_a_time(tmp_path, capsys):
+    args = ["data", "shapes", "--n", "6", "--seed", "4", "--image-size", "48", "--chart-fraction", "0"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    assert main(args + ["--out", str(tmp_path / "every"), "--sft-questions", "every", "--max-turns", "1"]) == 0
+    one, every = (json.loads((tmp_path / d / "meta.json").read_text()) for d in ("one", "every"))
+    assert (one["sft_questions"], every["sft_questions"]) == ("one", "every")
+    assert (one["max_turns"], every["max_turns"]) == (12, 1)
+    assert every["counts"]["sft_turns"] > one["counts"]["sft_turns"]
+    assert every["counts"]["sft_turns"] == every["counts"]["sft_conversations"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "bad"), "--sft-questions", "all"])
+    assert "invalid choice: 'all'" in capsys.readouterr().err
+
+
 def test_check_reports_a_bad_record_as_one_error_line(tmp_path, capsys):
     path = tmp_path / "c.jsonl"
     path.write_text('{"image": "a.png", "caption": "ok"}\n{"image": "b.png"}\n')

@@ -115,8 +115,40 @@ def test_count_answers_match_the_rendered_image(dataset):
         assert str(occupied) == item.answer
 
 
+def test_every_question_asks_about_each_object_and_keeps_the_rest(dataset, tmp_path):
+    """`sft_questions="every"`: each scene's whole question set once (each object's colour, shape
+    and place, every count, every chart question), the probes and the caption as before, in
+    conversations of at most `max_turns` questions; the other files are the same bytes as with one
+    question of each kind."""
+    root, _ = dataset
+    meta = generate_shapes_dataset(tmp_path, 40, seed=7, image_size=64, chart_fraction=0.25,
+                                   sft_questions="every", max_turns=3)
+    assert (meta["sft_questions"], meta["max_turns"]) == ("every", 3)
+    truth = {r.image: r.scene for r in read_scenes(tmp_path / "scenes.jsonl")}
+    asked: dict[str, Counter] = {image: Counter() for image in truth}
+    lengths = Counter()
+    for c in read_conversations(tmp_path / "sft.json"):
+        lengths[len(c.turns) // 2] += 1
+        for (_, question), (_, answer) in zip(c.turns[::2], c.turns[1::2]):
+            assert answer_question(truth[c.image], question) == answer
+            if not question.startswith("Is there"):
+                asked[c.image][question] += 1
+    for image, scene in truth.items():
+        every = Counter(q.text for pool in questions_for(scene).values() for q in pool)
+        every[CAPTION_PROMPT] += 1
+        assert asked[image] == every
+    assert set(lengths) == {1, 2, 3}  # at most max_turns questions a conversation
+    four = [s for s in truth.values() if isinstance(s, ShapeScene) and len(s.objects) == 4]
+    assert four  # scenes whose every object is asked where it is, and what colour it has
+    one, other = _digest(root), _digest(tmp_path)
+    assert other.keys() == one.keys() and other["sft.json"] != one["sft.json"]
+    assert all(one[k] == other[k] for k in one if k not in ("sft.json", "meta.json"))
+
+
 @pytest.mark.parametrize("kwargs,words", [({"n": 0}, "n must be"), ({"image_size": 16}, "image size"),
-                                          ({"chart_fraction": 1.5}, "chart fraction")])
+                                          ({"chart_fraction": 1.5}, "chart fraction"),
+                                          ({"sft_questions": "all"}, "sft questions must be one of one, every"),
+                                          ({"max_turns": 0}, "max turns must be at least 1")])
 def test_bad_arguments(tmp_path, kwargs, words):
     args = {"n": 3, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=words):

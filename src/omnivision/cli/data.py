@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from omnivision.data.formats import read_captions, read_conversations, read_preferences, read_qa
-from omnivision.data.shapes_dataset import generate_shapes_dataset
+from omnivision.data.shapes_dataset import MAX_TURNS, SFT_QUESTIONS, generate_shapes_dataset
 from omnivision.data.images import check_images
 
 READERS = {"conversations": read_conversations, "captions": read_captions,
@@ -29,6 +29,11 @@ def add_parser(sub, name: str) -> None:
     s.add_argument("--image-size", type=int, default=96, help="image side in pixels (default 96)")
     s.add_argument("--chart-fraction", type=float, default=0.2,
                    help="share of the scenes that are bar charts (default 0.2)")
+    s.add_argument("--sft-questions", choices=SFT_QUESTIONS, default="one",
+                   help="what sft.json asks of each scene: one question of each kind (default), "
+                        "or every question")
+    s.add_argument("--max-turns", type=int, default=MAX_TURNS,
+                   help=f"the most questions one sft.json conversation asks (default {MAX_TURNS})")
     s.set_defaults(handler=run)
 
     c = actions.add_parser("check", help="validate a dataset file and, optionally, its images")
@@ -42,7 +47,7 @@ def add_parser(sub, name: str) -> None:
 
 def _shapes(args: argparse.Namespace) -> int:
     meta = generate_shapes_dataset(args.out, args.n, args.seed, args.image_size,
-                                   args.chart_fraction)
+                                   args.chart_fraction, args.sft_questions, args.max_turns)
     c = meta["counts"]
     probes = sum(v["yes"] + v["no"] for v in c["pope"].values())
     print(f"wrote {c['scenes']} scenes ({c['shape_scenes']} shapes, {c['chart_scenes']} charts) "

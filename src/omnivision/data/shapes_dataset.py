@@ -39,15 +39,21 @@ from omnivision.data.shape_scenes import (COLORS, POSITIONS, SHAPES, SIZES, Shap
 FILES = ("scenes.jsonl", "captions.jsonl", "sft.json", "qa.jsonl", "pope.jsonl", "meta.json")
 TRAINING_PROBES = 4
 MAX_TURNS = 12
+SFT_QUESTIONS = ("one", "every")
+"""What `sft.json` asks of a scene: one question of each kind, or every question it has."""
 
 
-def _check_args(n: int, image_size: int, chart_fraction: float) -> None:
+def _check_args(n: int, image_size: int, chart_fraction: float, sft_questions: str, max_turns: int) -> None:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if image_size < 32:
         raise ValueError(f"image size must be at least 32 pixels, got {image_size}")
     if not 0.0 <= chart_fraction <= 1.0:
         raise ValueError(f"chart fraction must be between 0 and 1, got {chart_fraction}")
+    if sft_questions not in SFT_QUESTIONS:
+        raise ValueError(f"sft questions must be one of {', '.join(SFT_QUESTIONS)}, got {sft_questions!r}")
+    if max_turns < 1:
+        raise ValueError(f"max turns must be at least 1, got {max_turns}")
 
 
 def sample_scenes(n: int, seed: int, chart_fraction: float = 0.2) -> list[SceneRecord]:
@@ -63,21 +69,27 @@ def sample_scenes(n: int, seed: int, chart_fraction: float = 0.2) -> list[SceneR
     return out
 
 
-def _sft(record: SceneRecord, rng: random.Random, frequencies: Counter[str]) -> list[Conversation]:
-    """Every kind of question once (shapes: plus `TRAINING_PROBES` yes/no probes), shuffled and cut
-    into conversations of random length (1 to `MAX_TURNS` turns), then the caption on its own.
+def _sft(record: SceneRecord, rng: random.Random, frequencies: Counter[str], every: bool = False,
+         max_turns: int = MAX_TURNS) -> list[Conversation]:
+    """One question of each kind, or with `every` every question of the scene (the colour, shape
+    and place of each object, each count), plus `TRAINING_PROBES` yes/no probes on shapes scenes;
+    shuffled and cut into conversations of random length (1 to `max_turns` turns), then the
+    caption on its own.
 
     Dense: a small model gets many answers for each image it encodes. Random lengths: every kind
     of question is also asked first, as at evaluation. The caption is a conversation of its own: an
-    earlier caption would give the later answers away.
+    earlier caption would give the later answers away. Every question: one image then asks the
+    colour of each of its objects, so the answer depends on the place asked about and not on the
+    image alone.
     """
-    questions = [rng.choice(pool) for pool in questions_for(record.scene).values()]
+    groups = questions_for(record.scene).values()
+    questions = [q for pool in groups for q in pool] if every else [rng.choice(pool) for pool in groups]
     if isinstance(record.scene, ShapeScene):
         questions += [training_probe(record.scene, rng, frequencies) for _ in range(TRAINING_PROBES)]
     rng.shuffle(questions)
     chunks = []
     while questions:
-        n = rng.randint(1, MAX_TURNS)
+        n = rng.randint(1, max_turns)
         chunks.append(questions[:n])
         questions = questions[n:]
     chunks.append([Question(CAPTION_PROMPT, caption(record.scene), "caption", {})])
@@ -125,9 +137,12 @@ def _meta(args: dict[str, Any], records: Sequence[SceneRecord], sft: Sequence[Co
 
 
 def generate_shapes_dataset(out_dir: str | os.PathLike, n: int, seed: int, image_size: int = 96,
-                            chart_fraction: float = 0.2) -> dict[str, Any]:
-    """Write `n` scenes and their data files under `out_dir`; return the `meta.json` content."""
-    _check_args(n, image_size, chart_fraction)
+                            chart_fraction: float = 0.2, sft_questions: str = "one",
+                            max_turns: int = MAX_TURNS) -> dict[str, Any]:
+    """Write `n` scenes and their data files under `out_dir`; return the `meta.json` content.
+    `sft_questions`: "one" question of each kind per scene in `sft.json`, or "every" question;
+    `max_turns`: the most questions one conversation of `sft.json` asks."""
+    _check_args(n, image_size, chart_fraction, sft_questions, max_turns)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = sample_scenes(n, seed, chart_fraction)
@@ -135,7 +150,7 @@ def generate_shapes_dataset(out_dir: str | os.PathLike, n: int, seed: int, image
         render_scene(r.scene, image_size).save(out / r.image, format="PNG")
     frequencies = object_frequencies(r.scene for r in records if isinstance(r.scene, ShapeScene))
     sft_rng, qa_rng, pope_rng = (random.Random(f"{seed}:{part}") for part in ("sft", "qa", "pope"))
-    sft = [c for r in records for c in _sft(r, sft_rng, frequencies)]
+    sft = [c for r in records for c in _sft(r, sft_rng, frequencies, sft_questions == "every", max_turns)]
     qa = [item for r in records for item in _qa(r, qa_rng)]
     pope = [item for r in records if isinstance(r.scene, ShapeScene)
             for item in _pope(r, pope_rng, frequencies)]
@@ -144,7 +159,8 @@ def generate_shapes_dataset(out_dir: str | os.PathLike, n: int, seed: int, image
     write_json(out / "sft.json", [conversation_to_llava(c) for c in sft])
     write_jsonl(out / "qa.jsonl", qa)
     write_jsonl(out / "pope.jsonl", pope)
-    args = {"n": n, "seed": seed, "image_size": image_size, "chart_fraction": chart_fraction}
+    args = {"n": n, "seed": seed, "image_size": image_size, "chart_fraction": chart_fraction,
+            "sft_questions": sft_questions, "max_turns": max_turns}
     meta = _meta(args, records, sft, qa, pope)
     write_json(out / "meta.json", meta)
     return meta
