@@ -114,9 +114,10 @@ class NanoConfig:
     """Stage 2 reads the frozen tower's features from a cache computed once per image, in float32
     (`SFTConfig.feature_cache`), instead of running the tower in every step under bf16 autocast.
     1.41x the steps per second in a paired measurement (README, Training), but the numbers differ
-    from the tower's in-step ones by about 1 %, and that alone decided colour: from the bundled
-    run's stage-1 model, on the same data in the same order, stage 2 answered 69.6 % held-out
-    (colour 47.5) against the bundled run's 81.0 (81.7; AMD EPYC, 2026-12-06)."""
+    from the tower's in-step ones by about 1 %, and that was enough to lose colour: from the
+    bundled run's stage-1 model, on the same data in the same order, stage 2 answered 69.6 %
+    held-out (colour 47.5) against the bundled run's 81.0 (81.7); without the cache, another order
+    of the batches did the same (72.5, colour 52.1; AMD EPYC, 2026-12-06): colour is a coin toss."""
     sft_questions: str = "one"
     """What stage 2's conversations ask of each training scene (`generate_shapes_dataset`): "one"
     question of each kind, or "every" question (each object's colour, shape and place). From the
