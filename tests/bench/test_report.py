@@ -117,8 +117,10 @@ def test_on_a_machine_without_native_bf16_the_targets_are_against_fp32() -> None
 def test_the_kernel_choices_are_summed_up_under_the_table() -> None:
     kernels = {"896x896/rows<=1": "compiled-dot", "896x896/rows<=16": "F.linear",
                "4864x896/rows<=1": "compiled-dot", "vision attention h16/n729/d72": "sdpa",
-               "int8 one-row 4864x896": "compiled-dot", "int8 many-rows 4304x1152": "int8-activations"}
+               "int8 one-row 4864x896": "compiled-dot", "int8 many-rows 4304x1152": "int8-activations",
+               "int4 rows=1 4864x896/g128": "q4-kernel", "int4 rows=8 896x4864/g128": "torch-int4"}
     text = report.table(_doc(kernels=kernels))
+    assert "int4 products (decoding): rows=1 4864x896/g128: q4-kernel; rows=8 896x4864/g128: torch-int4." in text
     assert "F.linear for 1 of 3 shape buckets, compiled-dot for 2 of 3 shape buckets" in text
     assert "Vision tower choices: attention h16/n729/d72: sdpa." in text
     assert "one-row 4864x896: compiled-dot; many-rows 4304x1152: int8-activations." in text

@@ -1,8 +1,10 @@
-"""`kernels.cpp_build`, `q8_dot.cpp` and `opaque_products.cpp`: every code path of the group-wise
-int8 kernel (AVX512-VNNI, AVX-VNNI, AVX2, portable, as far as this CPU runs them) gives the
-dequantised product within the rounding of its int8 activations, on odd shapes; the opaque products
-are F.linear's, also inside `torch.compile`; a process that must not or cannot build gets None, with
-a warning for a failure."""
+"""`kernels.cpp_build`, `q8_dot.cpp`, `q4_dot.cpp` and `opaque_products.cpp`: every code path of the
+group-wise int8 kernel (AVX512-VNNI, AVX-VNNI, AVX2, portable, as far as this CPU runs them) gives the
+dequantised product within the rounding of its int8 activations, on odd shapes; every path of the
+int4 kernel (those and AVX512-VBMI) gives the dequantised weights times the rounded activations, for
+fp32 and bf16 scales, one to several 64-row blocks and each group size; the opaque products are
+F.linear's, also inside `torch.compile`; a process that must not or cannot build gets None, with a
+warning for a failure."""
 
 from __future__ import annotations
 
@@ -44,7 +46,35 @@ for n, k in [(1, 32), (70, 96), (130, 896), (64, 160)]:  # 1, 3, 28 and 5 blocks
                 bound = (step[:, None, :] / 2 * w.abs().view(n, -1, 32).sum(-1)).sum(-1)  # [rows, N]
                 bound = bound * 1.001 + want.abs() * (2 ** -8 if dtype == torch.bfloat16 else 1e-6) + 1e-6
                 worst = max(worst, ((got.float() - want).abs() / bound).max().item())
-print(json.dumps({"path": cpp_build.compiled_path(), "worst": worst}))
+from omnivision.quantize.int4_linear import Int4Linear
+from omnivision.quantize.int4_few_rows import q4_table
+q4 = cpp_build.q4_linear()
+worst4 = 0.0
+for n, k, group in [(64, 32, 32), (128, 896, 128), (192, 256, 64), (64, 512, 256), (320, 96, 32)]:
+    layer = Int4Linear.from_linear(torch.nn.Linear(k, n), group)
+    for table_dtype in (torch.float32, torch.bfloat16):
+        scales, zeros = layer.scales.to(table_dtype).float(), layer.zeros.to(table_dtype).float()
+        codes = (layer.dequantize().view(n, -1, group) - layer.zeros[..., None]) / layer.scales[..., None] + 8
+        w = ((codes.round() - 8) * scales[..., None] + zeros[..., None]).view(n, k)  # with the table's scales
+        # the kernel sums scale * sum(code * x) and (zero - 8 scale) * sum(x): their sizes bound its rounding
+        parts = (codes.round() * scales[..., None] + (zeros - 8 * scales).abs()[..., None]).view(n, k)
+        for rows in (1, 3):
+            for dtype in (torch.float32, torch.bfloat16):
+                bias = torch.randn(n) if rows == 3 else None
+                x = (torch.randn(rows, k) * torch.logspace(-2, 1, k)).to(dtype)
+                step = x.float().view(rows, -1, 32).abs().amax(-1, keepdim=True) / 127
+                # as the kernel rounds: times the reciprocal of the step, in fp32
+                rounded = (torch.round(x.float().view(rows, -1, 32) * (1 / step)) * step).view(rows, k)
+                want = rounded.double() @ w.double().t() + (0 if bias is None else bias.double())
+                got = q4(x, layer.qweight, q4_table(layer.scales.to(table_dtype), layer.zeros.to(table_dtype)),
+                         group, bias)
+                assert got.dtype == dtype and got.shape == (rows, n), (got.dtype, got.shape)
+                # the same products summed in another order: fp32 rounding, and a bf16 result's own
+                size = rounded.double().abs() @ parts.double().t()
+                bound = size * 1e-5 + want.abs() * (2 ** -8 if dtype == torch.bfloat16 else 0) + 1e-6
+                worst4 = max(worst4, ((got.double() - want).abs() / bound).max().item())
+print(json.dumps({"path": cpp_build.compiled_path(), "q4_path": cpp_build.compiled_path("q4"), "worst": worst,
+                  "worst_q4": worst4}))
 """
 
 
@@ -52,6 +82,8 @@ def _flags() -> list[list[str] | None]:
     flags = cpu_description()[1].split()
     out: list[list[str] | None] = [None]  # this machine's own build
     if cpp_build._is_x86():
+        if "avx512vbmi" in flags and "avx512_vnni" in flags:
+            out.append(["-O3", "-march=native", "-mno-avx512vbmi"])  # the int4 kernel's 256-bit AVX512-VNNI path
         if "avx512_vnni" in flags:
             out.append(["-O3", "-march=native", "-mno-avx512f"])  # AVX-VNNI where the CPU has it, else AVX2
         if "avx2" in flags:
@@ -69,10 +101,14 @@ def test_each_code_path_gives_the_dequantised_product(flags, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if flags is not None and "-march=x86-64" in flags:
-        assert result["path"] == "portable"
+        assert result["path"] == result["q4_path"] == "portable"
     if flags is not None and "-mno-avxvnni" in flags:
-        assert result["path"] == "AVX2"
-    assert result["worst"] <= 1.0, result  # within the rounding bound everywhere
+        assert result["path"] == result["q4_path"] == "AVX2"
+    if flags is not None and "-mno-avx512vbmi" in flags:
+        assert result["q4_path"] == "AVX512-VNNI"
+    if flags is None and "avx512vbmi" in cpu_description()[1].split() and "avx512_vnni" in cpu_description()[1].split():
+        assert result["q4_path"] == "AVX512-VBMI-VNNI"
+    assert result["worst"] <= 1.0 and result["worst_q4"] <= 1.0, result  # within the rounding bound everywhere
 
 
 def test_build_names_change_with_the_flags():
@@ -93,6 +129,7 @@ def test_no_kernel_when_compiling_is_off_or_the_build_fails(monkeypatch):
     monkeypatch.setattr(cpp_build, "_state", {})
     monkeypatch.setenv(cpp_build.SWITCH_ENV, "off")
     assert cpp_build.q8_linear() is None and cpp_build.compiled_path() is None
+    assert cpp_build.q4_linear() is None and cpp_build.compiled_path("q4") is None
 
     monkeypatch.setattr(cpp_build, "_state", {})
     monkeypatch.delenv(cpp_build.SWITCH_ENV)

@@ -161,6 +161,9 @@ def table(doc: dict) -> str:
                    if key.startswith("int8-g32 ")]
         if grouped:
             lines.append("Group-wise int8 products (decoding): " + "; ".join(grouped) + ".")
+        int4 = [f"{key.removeprefix('int4 ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("int4 ")]
+        if int4:
+            lines.append("int4 products (decoding): " + "; ".join(int4) + ".")
     return "\n".join(lines)
 
 

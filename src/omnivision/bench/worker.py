@@ -55,13 +55,13 @@ def _tune(spec: dict) -> dict:
     """Every kernel choice the measured checkpoints will meet: few-row bf16 products of the language
     model, then one image through each checkpoint's vision tower (attention precision; int8
     activations for an int8 tower) and one token through its decoder (one-row int8 products, per row or
-    group-wise)."""
+    group-wise; one-row int4 products)."""
     from omnivision.bench.prepare import COMPUTE_DTYPES
     from omnivision.generation.generate import prefill
     from omnivision.loader import load
     from omnivision.model import attention
     from omnivision.model.linear import choose_kernels
-    from omnivision.quantize import int8_group_linear, int8_linear
+    from omnivision.quantize import int4_few_rows, int8_group_linear, int8_linear
 
     out, bf16_done = {}, False
     for path, precision in zip(spec["paths"], spec["precisions"]):
@@ -79,6 +79,8 @@ def _tune(spec: dict) -> dict:
     out.update({f"int8 {kind} {n}x{k}": kernel for (kind, n, k, *_), kernel in int8_linear._chosen.items()})
     out.update({f"int8-g32 rows={rows} {n}x{k}": kernel
                 for (n, k, rows, _), kernel in int8_group_linear._chosen.items()})
+    out.update({f"int4 rows={rows} {n}x{k}/g{group}": kernel
+                for (n, k, group, rows, _), kernel in int4_few_rows._chosen.items()})
     return out
 
 

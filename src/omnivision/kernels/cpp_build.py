@@ -1,11 +1,14 @@
 """Building and loading this project's C++ kernels on the machine they run on.
 
-Two sources, one library of `torch.ops.omnivision` ops:
+Three sources, one library of `torch.ops.omnivision` ops:
 
 - `q8_dot.cpp`: `q8_linear(x [M, K], q [N, K] int8, d [N, K/32] fp16, bias [N] or None) -> [M, N]`,
   the group-wise int8 few-row product (x fp32 or bf16, the result in x's dtype, summed in fp32):
   each 32-block of each row of x is rounded to int8 (scale max|x| / 127, as llama.cpp's Q8_0 dot
   product does) and each block's product summed in int32;
+- `q4_dot.cpp`: `q4_linear(x [M, K], packed [N, K/2] uint8, table [N/64, K/G, 2, 64], G, bias)`,
+  the same for `Int4Linear`'s group-wise int4 codes, read in their stored (64-row blocked) layout,
+  with their scales and zeros rearranged block by block;
 - `opaque_products.cpp`: `linear` and `weight_major`, torch's own few-row products behind ops that
   `torch.compile` does not rewrite (the compiled decode step calls them).
 
@@ -33,12 +36,14 @@ import torch
 
 from omnivision.kernels.machine import cpu_description
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("q8_dot.cpp", "opaque_products.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("q8_dot.cpp", "q4_dot.cpp", "opaque_products.cpp"))
 BUILD_ROOT = Path.home() / ".cache" / "omnivision" / "kernels"
 BUILD_ENV = "OMNIVISION_KERNEL_BUILD_DIR"
 SWITCH_ENV = "OMNIVISION_KERNEL_BUILD"
-PATHS = {4: "AVX512-VNNI", 3: "AVX-VNNI", 2: "AVX2", 1: "portable"}
-"""`torch.ops.omnivision.q8_path()`: the code path of `q8_dot.cpp` the build compiled."""
+PATHS = {5: "AVX512-VBMI-VNNI", 4: "AVX512-VNNI", 3: "AVX-VNNI", 2: "AVX2", 1: "portable"}
+"""`torch.ops.omnivision.q8_path()` / `q4_path()`: the code path of `q8_dot.cpp` / `q4_dot.cpp` the
+build compiled (only `q4_dot.cpp` has a path of its own for AVX512-VBMI; without VBMI it runs
+256-bit registers on AVX512-VNNI)."""
 
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
@@ -95,7 +100,12 @@ def _register_fakes() -> None:
     def product(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return x.new_empty((x.shape[0], w.shape[0]))
 
+    def q4(x: torch.Tensor, packed: torch.Tensor, table: torch.Tensor, group: int,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], packed.shape[0]))
+
     torch.library.register_fake("omnivision::q8_linear", q8)
+    torch.library.register_fake("omnivision::q4_linear", q4)
     torch.library.register_fake("omnivision::linear", product)
     torch.library.register_fake("omnivision::weight_major", product)
 
@@ -117,7 +127,13 @@ def q8_linear():
     return None if built is None else built.q8_linear
 
 
-def compiled_path() -> str | None:
-    """The name of the code path the built group-wise kernel runs (None where it did not build)."""
+def q4_linear():
+    """The group-wise int4 kernel (`torch.ops.omnivision.q4_linear`), or None (see `ops`)."""
     built = ops()
-    return None if built is None else PATHS[built.q8_path()]
+    return None if built is None else built.q4_linear
+
+
+def compiled_path(kernel: str = "q8") -> str | None:
+    """The name of the code path the built group-wise `q8` or `q4` kernel runs (None where it did not build)."""
+    built = ops()
+    return None if built is None else PATHS[(built.q4_path if kernel == "q4" else built.q8_path)()]

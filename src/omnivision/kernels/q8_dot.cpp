@@ -38,7 +38,8 @@ void quantize_row(const T* x, int64_t k, int8_t* xq, float* xs) {
     float amax = 0.f;
     for (int i = 0; i < kBlock; ++i) {
       v[i] = static_cast<float>(x[b * kBlock + i]);
-      amax = std::fmax(amax, std::fabs(v[i]));
+      const float size = std::fabs(v[i]);
+      amax = size > amax ? size : amax;  // not std::fmax: a library call per element here
     }
     const float s = amax / 127.f;
     const float inv = s > 0.f ? 1.f / s : 0.f;

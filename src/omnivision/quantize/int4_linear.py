@@ -7,13 +7,14 @@ Storage (`state_dict`): `qweight` uint8 [N, K/2], two codes per byte in the layo
 `int4_packing` (blocked by 64 rows when N allows, which is what torch's CPU kernel reads), plus
 `scales` and `zeros` fp32 [N, K/group_size].
 
-Kernel: on CPU with fp32/bf16 activations and N divisible by 64 the forward calls
-`torch.ops.aten._weight_int4pack_mm_for_cpu` on `qweight` itself, in bf16 (fp32 activations are
-rounded to bf16: the kernel's fp32 path measured ~30x slower, torch 2.13, 1x896 @ 896x4864, 2
-threads), with a cached bf16 copy of the scales and zeros. As for int8, the kernel is used up to
-`KERNEL_MAX_ROWS` rows
-only (111 rows: 6.1 ms against 4.3 ms dequantising plus 1 ms in bf16); beyond, and on other devices
-or dtypes, the forward dequantises the weight slice by slice (`row_blocks`) for bf16/fp32 products.
+Kernels: on CPU with fp32/bf16 activations and N divisible by 64, up to `Q4_MAX_ROWS` rows (decode
+steps) run on the kernel `int4_few_rows` chooses for this machine: the project's group-wise kernel
+on the stored codes, or torch's. Torch's (`torch.ops.aten._weight_int4pack_mm_for_cpu` on
+`qweight` itself, in bf16: fp32 activations are rounded to bf16, the kernel's fp32 path measured
+~30x slower, torch 2.13, 1x896 @ 896x4864, 2 threads; with a cached bf16 copy of the scales and
+zeros) takes the other rows up to `KERNEL_MAX_ROWS` (111 rows: 6.1 ms against 4.3 ms dequantising
+plus 1 ms in bf16); beyond, and on other devices or dtypes, the forward dequantises the weight
+slice by slice (`row_blocks`) for bf16/fp32 products.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 from torch import nn
 
 from omnivision.model.linear import Product
+from omnivision.quantize import int4_few_rows
 from omnivision.quantize.from_linear import filled_from
+from omnivision.quantize.int4_few_rows import Q4_KERNEL, Q4_MAX_ROWS, q4_product, q4_table
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 from omnivision.quantize.int4_packing import gather_codes, is_blocked, pack_codes, to_kernel, unpack_codes
 from omnivision.quantize.scheme import GROUP_SIZES
@@ -95,6 +98,8 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
         self._packed_key: tuple | None = None
+        self._table: torch.Tensor | None = None
+        self._table_key: tuple | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int, symmetric: bool = False) -> Int4Linear:
@@ -120,10 +125,21 @@ class Int4Linear(nn.Module):
         w = _dequantize(codes, self.scales[flat], self.zeros[flat], self.group_size)
         return w.reshape(*index.shape, self.in_features).to(dtype)
 
+    def _buffers_key(self) -> tuple:
+        """Changes with a new buffer tensor or an in-place load_state_dict: the derived tensors' key."""
+        return tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros))
+
+    def _q4_table(self) -> torch.Tensor:
+        """The project's kernel's scales-and-zeros table (`int4_few_rows.q4_table`), rebuilt only when a
+        buffer changed."""
+        key = self._buffers_key()
+        if self._table_key != key:
+            self._table, self._table_key = q4_table(self.scales, self.zeros), key
+        return self._table
+
     def _kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the kernel's codes, bf16 scales-and-zeros [K/g, N, 2]), rebuilt only when a buffer changed
-        (a new tensor or an in-place load_state_dict)."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros))
+        """(torch's kernel's codes, bf16 scales-and-zeros [K/g, N, 2]), rebuilt only when a buffer changed."""
+        key = self._buffers_key()
         if self._packed_key != key:
             weight = to_kernel(self.qweight, self.out_features)
             scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).to(torch.bfloat16)
@@ -134,13 +150,19 @@ class Int4Linear(nn.Module):
         return (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and is_blocked(self.out_features)
                 and x.numel() // self.in_features <= KERNEL_MAX_ROWS)
 
+    def _few_row_kernel(self, rows: int) -> str:
+        return int4_few_rows.few_row_kernel(self.out_features, self.in_features, self.group_size, rows)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_kernel(x):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return linear_in_row_blocks(x, self.out_features, lambda a, b: self._rows_between(a, b, x.dtype), bias)
-        weight, scales_zeros = self._kernel_tensors()
-        out = packed_product(x.reshape(-1, self.in_features), weight, scales_zeros, self.bias,
-                             group_size=self.group_size)
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] <= Q4_MAX_ROWS and self._few_row_kernel(flat.shape[0]) == Q4_KERNEL:
+            out = q4_product(flat, self.qweight, self._q4_table(), self.bias, group_size=self.group_size)
+        else:
+            weight, scales_zeros = self._kernel_tensors()
+            out = packed_product(flat, weight, scales_zeros, self.bias, group_size=self.group_size)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def one_row_product(self) -> Product | None:
@@ -148,6 +170,9 @@ class Int4Linear(nn.Module):
         None where it dequantises (out_features not a multiple of 64)."""
         if not is_blocked(self.out_features):
             return None
+        if self._few_row_kernel(1) == Q4_KERNEL:
+            return (functools.partial(q4_product, group_size=self.group_size),
+                    (self.qweight, self._q4_table(), self.bias))
         return functools.partial(packed_product, group_size=self.group_size), (*self._kernel_tensors(), self.bias)
 
     def extra_repr(self) -> str:
