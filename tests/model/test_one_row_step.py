@@ -157,6 +157,40 @@ def test_a_layer_failing_after_the_check_keeps_the_eager_step(monkeypatch):
         torch.testing.assert_close(k_got, k_want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("wrong", [False, True])
+def test_a_step_that_compiles_a_graph_is_checked_again(wrong, monkeypatch):
+    """A recompilation (a new position or cache length) makes a graph the first step's check never saw:
+    that step's layer 0 is checked against the eager layer too; a wrong one keeps the decoder eager,
+    and the cache holds the eager keys and values."""
+    lm = decoder()
+    want, want_cache = eager(lm, PROMPT, monkeypatch)
+    graphs = iter(range(1 << 30))
+    calls = []
+
+    def step(*args):
+        calls.append(args[-1])
+        if len(calls) == 3:  # the second step's layer 0 "compiles" a graph, wrong where asked
+            monkeypatch.setattr(one_row_step, "_graphs_compiled", lambda: next(graphs) + 1)
+            out = one_row_step.layer_step(*args)
+            return out * 1.5 if wrong else out
+        return one_row_step.layer_step(*args)  # the layer's maths, uncompiled
+
+    monkeypatch.setattr(one_row_step, "_step_function", lambda: step)
+    monkeypatch.setattr(one_row_step, "_graphs_compiled", lambda: 0)
+    if wrong:
+        with pytest.warns(UserWarning, match="a recompiled decoder layer disagrees"):
+            got, cache = decode(lm, PROMPT)
+        assert one_row_step._decoders[lm].plans is None and len(calls) == 3  # never compiled again
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="decode steps stay eager")
+            got, cache = decode(lm, PROMPT)
+        assert one_row_step._decoders[lm].plans is not None and len(calls) > 3
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for k_got, k_want in zip(cache.keys + cache.values, want_cache.keys + want_cache.values):
+        torch.testing.assert_close(k_got, k_want, atol=1e-4, rtol=1e-4)
+
+
 def test_steps_it_does_not_take(monkeypatch):
     lm = decoder()
     embeds = torch.zeros(1, 1, CFG.hidden_size)
