@@ -75,8 +75,9 @@ Activation round_row(const T* x, int64_t k, int64_t group) {
 
 #if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 constexpr int64_t kPath = 5;  // AVX512-VBMI and VNNI
-// One byte permute (vpermt2b) takes four columns' strips (128 bytes) to 16 rows x 4 codes: the
-// 256-bit path below needs eight unpacks for what two of these do.
+// Two byte permutes (vpermt2b) take four columns' strips (128 bytes) to four bytes per row for 32
+// rows, each byte holding row r's code and row r + 32's: the 256-bit path below needs eight unpacks
+// for the same.
 
 template <typename S>
 inline __m512 load16(const S* v) {
