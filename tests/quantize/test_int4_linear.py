@@ -53,8 +53,7 @@ def test_one_row_product_is_what_forward_computes(path, dtype, bias, monkeypatch
     layer = Int4Linear.from_linear(nn.Linear(128, 64, bias=bias), 32)
     x = torch.randn(1, 128, dtype=dtype)
     function, args = layer.one_row_product()
-    assert (function.func is q4_product) == (path == Q4_KERNEL) and (function.func is packed_product) != (
-        path == Q4_KERNEL)
+    assert function.func is (q4_product if path == Q4_KERNEL else packed_product)
     got = function(x, *args)
     assert got.dtype == dtype and got.shape == (1, 64)
     assert torch.equal(got, layer(x))

@@ -19,8 +19,8 @@ The layer step is one function compiled per process for every layer of the same 
 torch's automatic dynamic shapes: compiled first for the sizes it meets, then once more where the
 position or the cache length changes, with those as symbols and every other size (hidden size,
 heads, weights) still a constant. Compiled with every size a symbol from the start (as it was
-before), a 968M int4 decode step ran 8-18 % slower on the 2-core EPYC (six alternating rounds in
-one process, torch 2.13). Inductor's on-disk cache shortens the compiles in later processes. The
+before), the 968M decoded slower on the 2-core EPYC (five alternating rounds in one process, torch
+2.13: int4 63.7 against 68.2 tok/s, int8-g32 43.3 against 48.5; bf16 level). Inductor's on-disk cache shortens the compiles in later processes. The
 first step of each decoder, and any step during which a graph was compiled, is checked against the
 eager layer; a compile failure or a disagreement (torch 2.13's inductor has given wrong
 dynamic-shape reductions under `ATEN_CPU_CAPABILITY=avx2`) keeps that decoder eager, with a warning.
@@ -235,15 +235,26 @@ def _graphs_compiled() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def _written(cache: KVCache) -> list[torch.Tensor]:
+    """Layer 0's key and value at the cache's next position, copied: [1, Hkv, hd] each."""
+    return [b[0][:, :, cache.length].clone() for b in (cache.keys, cache.values)]
+
+
+def _layer_agrees(x: torch.Tensor, got: torch.Tensor, want: torch.Tensor, got_written: list[torch.Tensor],
+                  want_written: list[torch.Tensor]) -> bool:
+    """Whether the compiled layer 0 agrees with the eager one on input x [1, D]: what each adds to the
+    residual stream (outputs [1, D]) and the key and value each wrote (`_written`)."""
+    pairs = [(got - x, want - x), *zip(got_written, want_written)]
+    return all(layer_outputs_agree(g, w) for g, w in pairs)
+
+
 def _recompiled_layer_agrees(lm: Qwen2ForCausalLM, got: torch.Tensor, x: torch.Tensor, cos: torch.Tensor,
                              sin: torch.Tensor, cache: KVCache) -> bool:
     """Whether layer 0's compiled output `got` [1, D] for input x [1, D], and the key and value it wrote
     at the cache's next position, are the eager layer's (which then writes its own there)."""
-    position = cache.length
-    written = [b[0][:, :, position].clone() for b in (cache.keys, cache.values)]  # [1, Hkv, hd] each
+    written = _written(cache)
     want = lm.model.layers[0](x[:, None], (cos, sin), None, cache, 0)[:, 0]  # [1, D]
-    pairs = [(got - x, want - x)] + [(w, b[0][:, :, position]) for b, w in zip((cache.keys, cache.values), written)]
-    return all(layer_outputs_agree(g, w) for g, w in pairs)
+    return _layer_agrees(x, got, want, written, _written(cache))
 
 
 def _first_layer_checked(lm: Qwen2ForCausalLM, plan: LayerPlan, step, x: torch.Tensor, cos: torch.Tensor,
@@ -251,17 +262,15 @@ def _first_layer_checked(lm: Qwen2ForCausalLM, plan: LayerPlan, step, x: torch.T
     """Layer 0 compiled, checked against layer 0 eager on the same step: what each adds to the
     residual stream, and the key and value each writes at the same cache position. Its output
     [1, D], or None with a warning."""
-    position = cache.length
     want = lm.model.layers[0](x[:, None], (cos, sin), None, cache, 0)[:, 0]  # [1, D]
-    written = [b[0][:, :, position].clone() for b in (cache.keys, cache.values)]  # [1, Hkv, hd] each
+    written = _written(cache)
     try:
-        got = step(plan, x, cos, sin, cache.keys[0], cache.values[0], position)
+        got = step(plan, x, cos, sin, cache.keys[0], cache.values[0], cache.length)
     except Exception as err:  # noqa: BLE001 - any compiler failure means: decode eagerly
         warnings.warn(f"decode steps stay eager: torch.compile failed ({type(err).__name__}: {str(err)[:200]})",
                       stacklevel=4)
         return None
-    pairs = [(got - x, want - x)] + [(b[0][:, :, position], w) for b, w in zip((cache.keys, cache.values), written)]
-    if not all(layer_outputs_agree(g, w) for g, w in pairs):
+    if not _layer_agrees(x, got, want, _written(cache), written):
         warnings.warn("decode steps stay eager: the compiled decoder layer disagrees with the eager one",
                       stacklevel=4)
         return None

@@ -4,9 +4,9 @@ Two candidates, both reading the stored codes with no second copy of them:
 
 - `q4-kernel`: this project's group-wise int4 kernel (`kernels/q4_dot.cpp`, built for the machine at
   first use): activations rounded to int8 per 32-block, codes multiplied on the CPU's int8
-  multiply-add. On the 2-core AVX-512 EPYC (2 threads, torch 2.13, weights streamed from memory,
-  group 128) it read a 4864x896 weight at 24.6 GB/s against 17.2 for torch's kernel, and the
-  151936x896 output head at 32.5 against 19.1 GB/s;
+  multiply-add. On the 2-core AVX-512 EPYC (2 threads, torch 2.13, bf16 activations, weights
+  streamed from memory, group 128) one row times a 4864x896 weight took 70 us against 137 on torch's
+  kernel, times the 151936x896 output head 1.2 ms against 3.6;
 - `torch-int4`: torch's `_weight_int4pack_mm_for_cpu` (exact to bf16 activations), the one used
   where the project's kernel does not build, for more than `Q4_MAX_ROWS` rows, and where timing on
   this machine prefers it.
