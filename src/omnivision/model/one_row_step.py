@@ -20,11 +20,12 @@ torch's automatic dynamic shapes: compiled first for the sizes it meets, then on
 position or the cache length changes, with those as symbols and every other size (hidden size,
 heads, weights) still a constant. Compiled with every size a symbol from the start (as it was
 before), the 968M decoded slower on the 2-core EPYC (five alternating rounds in one process, torch
-2.13: int4 63.7 against 68.2 tok/s, int8-g32 43.3 against 48.5; bf16 level). Inductor's on-disk cache shortens the compiles in later processes. The
-first step of each decoder, and any step during which a graph was compiled, is checked against the
-eager layer; a compile failure or a disagreement (torch 2.13's inductor has given wrong
-dynamic-shape reductions under `ATEN_CPU_CAPABILITY=avx2`) keeps that decoder eager, with a warning.
-`OMNIVISION_COMPILE=off` keeps every decoder eager.
+2.13: int4 63.7 against 68.2 tok/s, int8-g32 43.3 against 48.5; bf16 level). Inductor's on-disk
+cache shortens the compiles in later processes. The first step of each decoder, and any step during
+which a graph was compiled, is checked against the eager layer; a compile failure or a
+disagreement (torch 2.13's inductor has given wrong dynamic-shape reductions under
+`ATEN_CPU_CAPABILITY=avx2`) keeps that decoder eager, with a warning. `OMNIVISION_COMPILE=off`
+keeps every decoder eager.
 """
 
 from __future__ import annotations
