@@ -47,7 +47,8 @@ def test_tune_also_makes_the_vision_towers_choices(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(attention_module, "_chosen", {})
     assert main(["tune", "--threads", "1"]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("vision tower")]
-    assert re.match(r"vision tower attention-bf16/h\d+/n\d+/d\d+: sdpa(-fp32)? \(sdpa \d+, sdpa-fp32 \d+\)", line)
+    assert re.match(r"vision tower attention-bf16/h\d+/n\d+/d\d+: (sdpa|sdpa-fp32|bf16-products) "
+                    r"\(sdpa \d+, sdpa-fp32 \d+, bf16-products \d+\)", line)
 
 
 def test_tune_makes_a_quantized_decoders_one_row_choices(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""`model.attention`: both precisions give SDPA's result within bf16 rounding, the choice is timed
+"""`model.attention`: every form gives SDPA's result within bf16 rounding, the choice is timed
 once per shape, and short sequences, fp32 inputs and autograd keep plain SDPA."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import torch.nn.functional as F
 
 from omnivision.kernels.choices import CHOICES, TUNING_ENV
 from omnivision.model import attention as attention_module
-from omnivision.model.attention import IN_DTYPE, IN_FP32, MIN_TOKENS, attention, attention_kernel
+from omnivision.model.attention import BLOCKED, IN_DTYPE, IN_FP32, MIN_TOKENS, attention, attention_kernel
 
 
-@pytest.mark.parametrize("kernel", [IN_DTYPE, IN_FP32])
-def test_either_precision_gives_sdpas_result(kernel, monkeypatch):
+@pytest.mark.parametrize("kernel", [IN_DTYPE, IN_FP32, BLOCKED])
+def test_every_form_gives_sdpas_result(kernel, monkeypatch):
     monkeypatch.setattr(attention_module, "attention_kernel", lambda h, n, d: kernel)
+    # 3 heads: the blocked form's last block holds one head
     q, k, v = (torch.randn(2, 3, MIN_TOKENS + 9, 24) for _ in range(3))
     want = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
     got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
@@ -42,6 +43,6 @@ def test_the_precision_is_timed_once_per_shape(tmp_path, monkeypatch):
     monkeypatch.setattr(CHOICES, "path", tmp_path / "choices.json")
     monkeypatch.setattr(attention_module, "_chosen", {})
     first = attention_kernel(2, MIN_TOKENS, 16)
-    assert first in (IN_DTYPE, IN_FP32) and attention_kernel(2, MIN_TOKENS, 16) == first
+    assert first in (IN_DTYPE, IN_FP32, BLOCKED) and attention_kernel(2, MIN_TOKENS, 16) == first
     assert len(attention_module._chosen) == 1
     assert "attention-bf16/h2/n256/d16" in (tmp_path / "choices.json").read_text()
