@@ -12,7 +12,7 @@ import torch
 from omnivision.config import TextConfig, preset
 from omnivision.generation.generate import decode_step, prefill
 from omnivision.kernels.compiled_dot import COMPILE_ENV
-from omnivision.model import one_row_step
+from omnivision.model import native_decode, one_row_step
 from omnivision.model.kv_cache import KVCache, PositionedWrite, RowWrite
 from omnivision.model.linear import Linear
 from omnivision.model.omnivision import init_weights
@@ -28,8 +28,9 @@ STEPS = len(FED)
 
 @pytest.fixture(autouse=True)
 def any_size(monkeypatch):
-    """Small test decoders take the compiled step too."""
+    """Small test decoders take the compiled step too, not the C++ layers (`test_native_decode.py`)."""
     monkeypatch.setattr(one_row_step, "MIN_WEIGHTS", 0)
+    monkeypatch.setenv(native_decode.SWITCH_ENV, "off")
 
 
 def decoder(scheme: str | None = None, dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen2ForCausalLM:

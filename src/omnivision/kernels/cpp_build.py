@@ -1,6 +1,6 @@
 """Building and loading this project's C++ kernels on the machine they run on.
 
-Three sources, one library of `torch.ops.omnivision` ops:
+Four sources, one library of `torch.ops.omnivision` ops:
 
 - `q8_dot.cpp`: `q8_linear(x [M, K], q [N, K] int8, d [N, K/32] fp16, bias [N] or None) -> [M, N]`,
   the group-wise int8 few-row product (x fp32 or bf16, the result in x's dtype, summed in fp32):
@@ -10,7 +10,9 @@ Three sources, one library of `torch.ops.omnivision` ops:
   the same for `Int4Linear`'s group-wise int4 codes, read in their stored (64-row blocked) layout,
   with their scales and zeros rearranged block by block;
 - `opaque_products.cpp`: `linear` and `weight_major`, torch's own few-row products behind ops that
-  `torch.compile` does not rewrite (the compiled decode step calls them).
+  `torch.compile` does not rewrite (the compiled decode step calls them);
+- `decode_layers.cpp`: `decode_layers`, every layer of a decode step of one sequence in one call,
+  for decoders whose products are all the ops above (`model/native_decode.py`).
 
 The library is compiled at first use with torch's extension builder for this CPU's own instruction
 sets (`-march=native`; without AVX-512 where `ATEN_CPU_CAPABILITY` holds torch to AVX2, so the
@@ -36,7 +38,8 @@ import torch
 
 from omnivision.kernels.machine import cpu_description
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("q8_dot.cpp", "q4_dot.cpp", "opaque_products.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("q8_dot.cpp", "q4_dot.cpp", "opaque_products.cpp", "decode_layers.cpp"))
 BUILD_ROOT = Path.home() / ".cache" / "omnivision" / "kernels"
 BUILD_ENV = "OMNIVISION_KERNEL_BUILD_DIR"
 SWITCH_ENV = "OMNIVISION_KERNEL_BUILD"

@@ -26,6 +26,11 @@ which a graph was compiled, is checked against the eager layer; a compile failur
 disagreement (torch 2.13's inductor has given wrong dynamic-shape reductions under
 `ATEN_CPU_CAPABILITY=avx2`) keeps that decoder eager, with a warning. `OMNIVISION_COMPILE=off`
 keeps every decoder eager.
+
+Where every product of a decoder is one of `kernels/decode_layers.cpp`'s kinds (group-wise int8,
+the project's int4 kernel, torch's own products), its steps skip the compiled layer and run every
+layer in one C++ call (`model/native_decode.py`: the compiled step's Python costs about 150 us a
+layer), checked against the eager layer 0 on the first step the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from omnivision.kernels.compiled_dot import compile_allowed
+from omnivision.kernels.cpp_build import ops as cpp_ops
+from omnivision.model import native_decode
 from omnivision.model.kv_cache import KVCache
 from omnivision.model.linear import Product
 from omnivision.model.qwen2 import (Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2MLP, RMSNorm,
@@ -117,6 +124,9 @@ class _Decoder:
 
     def __init__(self, key: tuple, plans: list[LayerPlan] | None) -> None:
         self.key, self.plans, self.checked = key, plans, False
+        self.native = None if plans is None or cpp_ops() is None else native_decode.native_layers(plans)
+        """The layers as the C++ loop takes them, where every product is one of its kinds."""
+        self.native_checked = False
         self.generations: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         """Generations running when the plans were last found current (several threads may decode)."""
 
@@ -189,10 +199,15 @@ def forward(lm: Qwen2ForCausalLM, embeds: torch.Tensor, positions: torch.Tensor,
     if position + 1 > cache.max_len:
         raise ValueError(f"KV cache overflow: {position + 1} positions needed, {cache.max_len} allocated")
     x = embeds[:, 0]  # [1, D]
+    if decoder.native is not None and native_decode.native_allowed():
+        hidden = _native_step(lm, decoder, x, cos, sin, cache)
+        if hidden is not None:
+            return hidden
     step = _step_function()
     first = 0
     if not decoder.checked:
-        x = _first_layer_checked(lm, plans[0], step, x, cos, sin, cache)
+        x = _first_layer_checked(lm, lambda *args: step(plans[0], *args), x, cos, sin, cache,
+                                 "the compiled decoder layer", "torch.compile")
         if x is None:
             decoder.plans = None
             return None
@@ -258,21 +273,49 @@ def _recompiled_layer_agrees(lm: Qwen2ForCausalLM, got: torch.Tensor, x: torch.T
     return _layer_agrees(x, got, want, written, _written(cache))
 
 
-def _first_layer_checked(lm: Qwen2ForCausalLM, plan: LayerPlan, step, x: torch.Tensor, cos: torch.Tensor,
-                         sin: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-    """Layer 0 compiled, checked against layer 0 eager on the same step: what each adds to the
-    residual stream, and the key and value each writes at the same cache position. Its output
-    [1, D], or None with a warning."""
+def _first_layer_checked(lm: Qwen2ForCausalLM, layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         cache: KVCache, what: str, maker: str) -> torch.Tensor | None:
+    """`layer(x, cos, sin, keys, values, position)` (layer 0, compiled or in C++), checked against
+    layer 0 eager on the same step: what each adds to the residual stream, and the key and value
+    each writes at the same cache position. Its output [1, D], or None with a warning naming `what`
+    disagreed or `maker` failed."""
     want = lm.model.layers[0](x[:, None], (cos, sin), None, cache, 0)[:, 0]  # [1, D]
     written = _written(cache)
     try:
-        got = step(plan, x, cos, sin, cache.keys[0], cache.values[0], cache.length)
+        got = layer(x, cos, sin, cache.keys[0], cache.values[0], cache.length)
     except Exception as err:  # noqa: BLE001 - any compiler failure means: decode eagerly
-        warnings.warn(f"decode steps stay eager: torch.compile failed ({type(err).__name__}: {str(err)[:200]})",
-                      stacklevel=4)
+        warnings.warn(f"{_FALLBACK[maker]}: {maker} failed ({type(err).__name__}: {str(err)[:200]})", stacklevel=4)
         return None
     if not _layer_agrees(x, got, want, _written(cache), written):
-        warnings.warn("decode steps stay eager: the compiled decoder layer disagrees with the eager one",
-                      stacklevel=4)
+        warnings.warn(f"{_FALLBACK[maker]}: {what} disagrees with the eager one", stacklevel=4)
         return None
     return got
+
+
+_FALLBACK = {"torch.compile": "decode steps stay eager", "decode_layers": "decode steps leave the C++ layers"}
+
+
+def _native_step(lm: Qwen2ForCausalLM, decoder: _Decoder, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 cache: KVCache) -> torch.Tensor | None:
+    """The step through the C++ layers (`native_decode`): the final-norm hidden states [1, 1, D], or
+    None (with a warning) where they failed or their layer 0 disagreed with the eager one on the
+    decoder's first step; the decoder then leaves them for good."""
+    native, first = decoder.native, 0
+    if not decoder.native_checked:
+        x = _first_layer_checked(
+            lm, lambda x, cos, sin, keys, values, position: native_decode.run(
+                native.layers(0, 1), x, cos, sin, cache, position), x, cos, sin, cache,
+            "the C++ decoder layer", "decode_layers")
+        if x is None:
+            decoder.native = None
+            return None
+        decoder.native_checked, first = True, 1
+    try:
+        rest = native.layers(first, len(native.norms) // 2) if first else native
+        x = native_decode.run(rest, x, cos, sin, cache, cache.length, start=first)
+    except RuntimeError as err:  # the op's own checks: the cache has not advanced, the next path rewrites it
+        warnings.warn(f"decode steps leave the C++ layers: {str(err).splitlines()[0][:200]}", stacklevel=3)
+        decoder.native = None
+        return None
+    cache.advance(1)
+    return lm.model.norm(x)[:, None]

@@ -21,6 +21,7 @@ import torch
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
 from omnivision.kernels.cpp_build import build_allowed, q4_linear
+from omnivision.model.native_decode import Q4, register
 
 Q4_KERNEL, TORCH_KERNEL = "q4-kernel", "torch-int4"
 Q4_MAX_ROWS = 8
@@ -45,6 +46,9 @@ def q4_product(x: torch.Tensor, qweight: torch.Tensor, table: torch.Tensor, bias
     """x [M, K] @ the int4 weight (stored codes [N, K/2] and `q4_table`)^T (+ bias) -> [M, N] in x's
     dtype, on the project's kernel (a pure function: the compiled decode step traces it)."""
     return torch.ops.omnivision.q4_linear(x, qweight, table, group_size, bias)
+
+
+register(q4_product, Q4)  # the decode step's C++ layers run it (`model/native_decode.py`)
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from torch import nn
 
 from omnivision.kernels.choices import CHOICES, streamed, tuning_enabled
 from omnivision.kernels.cpp_build import build_allowed, q8_linear
+from omnivision.model.native_decode import Q8, register
 from omnivision.model.linear import Product
 from omnivision.quantize.from_linear import filled_from
 from omnivision.quantize.row_blocks import linear_in_row_blocks
@@ -54,6 +55,9 @@ def group_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """x [M, K] @ (qweight [N, K] * scales per 32-block)^T (+ bias) -> [M, N] in x's dtype, on the
     group-wise kernel (a pure function of its tensors: the compiled decode step traces it)."""
     return torch.ops.omnivision.q8_linear(x, qweight, scales.to(torch.float16), bias)
+
+
+register(group_product, Q8)  # the decode step's C++ layers run it (`model/native_decode.py`)
 
 
 class Int8GroupLinear(nn.Module):
