@@ -124,6 +124,10 @@ def test_the_kernel_choices_are_summed_up_under_the_table() -> None:
     assert "F.linear for 1 of 3 shape buckets, compiled-dot for 2 of 3 shape buckets" in text
     assert "Vision tower choices: attention h16/n729/d72: sdpa." in text
     assert "one-row 4864x896: compiled-dot; many-rows 4304x1152: int8-activations." in text
-    # without bf16 products (an fp32 machine) there is no few-row line
+    # fp32 choices (keys named so) have a line of their own
+    both = report.table(_doc(kernels={**kernels, "fp32 896x896/rows<=1": "compiled-dot"}))
+    assert "Few-row fp32 kernels chosen on this machine: compiled-dot for 1 of 1 shape buckets." in both
+    assert "Few-row bf16 kernels chosen on this machine: F.linear for 1 of 3 shape buckets" in both
+    # without few-row choices there is no few-row line
     fp32_only = report.table(_doc(kernels={"int8 one-row 4864x896": "int8pack_mm"}))
     assert "Few-row" not in fp32_only and "one-row 4864x896: int8pack_mm." in fp32_only

@@ -17,26 +17,27 @@ from omnivision.model.linear import COMPILED_DOT, F_LINEAR, FEW_ROWS, WEIGHT_MAJ
 @pytest.mark.parametrize("kernel", [F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT])
 @pytest.mark.parametrize("shape", [(1, 96), (1, 1, 96), (4, 96), (2, 3, 96), (FEW_ROWS + 5, 96)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_same_result_as_f_linear(shape, with_bias, kernel, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_same_result_as_f_linear(shape, with_bias, kernel, dtype, monkeypatch):
     """Whichever kernel a machine chooses gives F.linear's result."""
     monkeypatch.setattr(linear_module, "few_row_kernel", lambda weight, m: kernel)
     torch.manual_seed(0)
-    w = torch.randn(80, 96).bfloat16()
-    b = torch.randn(80).bfloat16() if with_bias else None
-    x = torch.randn(*shape).bfloat16()
+    w = torch.randn(80, 96).to(dtype)
+    b = torch.randn(80).to(dtype) if with_bias else None
+    x = torch.randn(*shape).to(dtype)
     got = linear(x, w, b)
-    want = F.linear(x.float(), w.float(), None if b is None else b.float())
-    assert got.shape == (*shape[:-1], 80) and got.dtype == torch.bfloat16 and got.is_contiguous()
-    # bf16 output rounding (2^-8 relative) on values up to ~30
-    assert torch.allclose(got.float(), want, atol=0.25, rtol=2 ** -7)
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert got.shape == (*shape[:-1], 80) and got.dtype == dtype and got.is_contiguous()
+    # bf16 output rounding (2^-8 relative) on values up to ~30; fp32: the order of the sums
+    atol, rtol = (0.25, 2 ** -7) if dtype == torch.bfloat16 else (1e-4, 1e-5)
+    assert torch.allclose(got.double(), want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("kernel", [F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_one_row_product_is_what_forward_computes(kernel, with_bias, monkeypatch):
     """The pure function the compiled decode step traces (`model.one_row_step`) is the chosen kernel's
-    product (torch's own behind this project's opaque ops where they are built); in fp32 it is
-    F.linear's."""
+    product (torch's own behind this project's opaque ops where they are built), in bf16 and fp32."""
     monkeypatch.setattr(linear_module, "few_row_kernel", lambda weight, m: kernel)
     torch.manual_seed(0)
     layer = Linear(96, 80, bias=with_bias).bfloat16()
@@ -45,10 +46,10 @@ def test_one_row_product_is_what_forward_computes(kernel, with_bias, monkeypatch
     torch.testing.assert_close(function(x, *args), layer(x), atol=2 ** -6, rtol=2 ** -7)
     fp32 = Linear(96, 80, bias=with_bias)
     function, args = fp32.one_row_product()
-    assert function in (F.linear, torch.ops.omnivision.linear)
-    assert torch.equal(function(x.float(), *args), fp32(x.float()))
+    torch.testing.assert_close(function(x.float(), *args), fp32(x.float()), atol=1e-5, rtol=1e-5)
     if kernel != COMPILED_DOT:  # torch's products go in opaque to the compiler
-        assert layer.one_row_product()[0] in (torch.ops.omnivision.linear, torch.ops.omnivision.weight_major)
+        for one in (layer, fp32):
+            assert one.one_row_product()[0] in (torch.ops.omnivision.linear, torch.ops.omnivision.weight_major)
 
 
 def test_fp32_is_exactly_f_linear_and_gradients_flow():
@@ -72,6 +73,10 @@ def test_the_kernel_is_chosen_by_timing_once_per_shape_and_row_bucket(tmp_path, 
     assert picked[5] == picked[16] and picked[17] == picked[FEW_ROWS]  # one timing per bucket
     assert len(linear_module._chosen) == 3
     assert len(json.loads((tmp_path / "choices.json").read_text())) == 3
+    # fp32 weights of the same shape are chosen apart, under their own name
+    assert few_row_kernel(w.float(), 1) in {F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT}
+    assert len(linear_module._chosen) == 4
+    assert any("/fp32-few-rows/64x32/rows<=1" in key for key in json.loads((tmp_path / "choices.json").read_text()))
 
 
 def test_without_timing_the_default_is_f_linear(monkeypatch):

@@ -145,12 +145,14 @@ def table(doc: dict) -> str:
     lines += [f"llama.cpp build: {info}" for info in builds]
     kernels = doc.get("kernels") or {}
     if kernels and "error" not in kernels:
-        few_rows = [kernel for key, kernel in kernels.items() if "/rows<=" in key]
-        counts = Counter(few_rows)
-        if few_rows:
-            lines.append("Few-row bf16 kernels chosen on this machine: "
-                         + ", ".join(f"{name} for {n} of {len(few_rows)} shape buckets"
-                                     for name, n in sorted(counts.items())) + ".")
+        for dtype in ("bf16", "fp32"):  # fp32 keys carry their name first
+            few_rows = [kernel for key, kernel in kernels.items()
+                        if "/rows<=" in key and key.startswith("fp32 ") == (dtype == "fp32")]
+            counts = Counter(few_rows)
+            if few_rows:
+                lines.append(f"Few-row {dtype} kernels chosen on this machine: "
+                             + ", ".join(f"{name} for {n} of {len(few_rows)} shape buckets"
+                                         for name, n in sorted(counts.items())) + ".")
         vision = [f"{key.removeprefix('vision ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("vision ")]
         if vision:
             lines.append("Vision tower choices: " + "; ".join(vision) + ".")

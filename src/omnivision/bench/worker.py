@@ -60,16 +60,17 @@ def _tune(spec: dict) -> dict:
     from omnivision.generation.generate import prefill
     from omnivision.loader import load
     from omnivision.model import attention
-    from omnivision.model.linear import choose_kernels
+    from omnivision.model.linear import CHOSEN_DTYPES, choose_kernels
     from omnivision.quantize import int4_few_rows, int8_group_linear, int8_linear
 
-    out, bf16_done = {}, False
+    out, done = {}, set()
     for path, precision in zip(spec["paths"], spec["precisions"]):
         vlm = load(path, dtype=COMPUTE_DTYPES[precision])
-        if vlm.dtype == torch.bfloat16 and not bf16_done:  # every checkpoint has the same weight shapes
-            chosen = choose_kernels(vlm.model.decode_weight_shapes())
-            out.update({f"{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()})
-            bf16_done = True
+        if vlm.dtype in CHOSEN_DTYPES and vlm.dtype not in done:  # every checkpoint has the same weight shapes
+            chosen = choose_kernels(vlm.model.decode_weight_shapes(), vlm.dtype)
+            prefix = "fp32 " if vlm.dtype == torch.float32 else ""
+            out.update({f"{prefix}{n}x{k}/rows<={top}": kernel for (n, k, top), kernel in chosen.items()})
+            done.add(vlm.dtype)
         size = vlm.config.vision.image_size
         with torch.inference_mode():
             vlm.model.encode_images(torch.zeros(1, 3, size, size))

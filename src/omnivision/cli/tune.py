@@ -19,7 +19,7 @@ from omnivision.cli.model_args import add_model_options, load_model
 from omnivision.generation.generate import prefill
 from omnivision.kernels.choices import CHOICES, cache_path, tuning_enabled
 from omnivision.kernels.machine import describe
-from omnivision.model.linear import FEW_ROWS, ROW_BUCKETS, few_row_kernel
+from omnivision.model.linear import CHOSEN_DTYPES, FEW_ROWS, ROW_BUCKETS, few_row_kernel
 
 
 def add_parser(sub, name: str) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'weight':>14} {'rows':>9}  {'kernel':<13} timings (median, us)")
     lows = [1] + [top + 1 for top, _ in ROW_BUCKETS[:-1]]
     for n, k in vlm.model.decode_weight_shapes():
-        weight = torch.empty(n, k, dtype=torch.bfloat16).normal_()
+        weight = torch.empty(n, k, dtype=vlm.dtype if vlm.dtype in CHOSEN_DTYPES else torch.bfloat16).normal_()
         for low, (top, timed) in zip(lows, ROW_BUCKETS):
             before = set(CHOICES.timings)
             choice = few_row_kernel(weight, timed)

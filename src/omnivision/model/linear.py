@@ -1,4 +1,4 @@
-"""`linear` and `Linear`: `F.linear`, with a choice of kernel for inference on a few rows in bf16.
+"""`linear` and `Linear`: `F.linear`, with a choice of kernel for inference on a few rows in bf16 or fp32.
 
 On a few rows (decode steps, short prompts, the 81 image tokens) two ways of computing the product
 compete, and which is faster depends on the CPU. Measured (torch 2.13, 2 threads, 4864x896 bf16):
@@ -9,8 +9,15 @@ the path is chosen per machine, weight shape and row bucket by timing both once
 (`omnivision.kernels.choices`, remembered on disk), with `F.linear` as the default. On one row (a
 decode step) a third competes: the multiply-and-sum loop `torch.compile` makes
 (`kernels.compiled_dot`), which streams the weight about twice as fast as either on the EPYC. From
-`FEW_ROWS` rows on (the 729-token vision tower) `F.linear` is used; so it is for fp32, on other
-devices and whenever autograd records (training).
+`FEW_ROWS` rows on (the 729-token vision tower) `F.linear` is used; so it is on other devices and
+whenever autograd records (training).
+
+fp32 weights take the same choice, kept apart from bf16's: on the EPYC torch's fp32 one-row products
+stream at 15-28 GB/s, half the bandwidth on most shapes, where the compiled loop reached 35 GB/s on
+the 151936x896 output head (15.7 against 36.0 ms) and took 184 against 883 us on 4864x896 (the
+weights streamed from memory; one-off timing, 2 threads, torch 2.13); on 896x4864 `F.linear` was
+the faster (610 against 752 us). fp32 is the precision `--dtype auto` picks where the CPU has no
+native bf16 (AVX2 laptops).
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ Product = tuple[Callable[..., torch.Tensor], tuple]
 """A layer's product on one row as a pure function and its arguments: fn(x [1, K], *args) -> [1, N]
 (the compiled decode step, `model.one_row_step`, traces it)."""
 
-_chosen: dict[tuple[int, int, int, int], str] = {}
-"""This process's choices by (N, K, row bucket, threads), so the hot path asks the disk cache once."""
+CHOSEN_DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+"""The weight dtypes whose few-row products are chosen per machine, and their names in the choices."""
+
+_chosen: dict[tuple[int, int, int, int, torch.dtype], str] = {}
+"""This process's choices by (N, K, row bucket, threads, dtype), so the hot path asks the disk cache once."""
 
 
 def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and weight.dtype in CHOSEN_DTYPES
             and x.numel() <= FEW_ROWS * x.shape[-1]
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
@@ -70,7 +80,7 @@ def few_row_kernel(weight: torch.Tensor, m: int) -> str:
     """The kernel for `m` rows times this weight's shape on this machine: F_LINEAR, WEIGHT_MAJOR or
     (one row) COMPILED_DOT."""
     top, timed_rows = _bucket(m)
-    key = (weight.shape[0], weight.shape[1], top, torch.get_num_threads())
+    key = (weight.shape[0], weight.shape[1], top, torch.get_num_threads(), weight.dtype)
     if key not in _chosen:
         next_weight = streamed(weight)
         x = torch.randn(timed_rows, weight.shape[1], dtype=weight.dtype)
@@ -79,7 +89,7 @@ def few_row_kernel(weight: torch.Tensor, m: int) -> str:
             return lambda: kernel(x, *next_weight())
 
         candidates = {F_LINEAR: run(F.linear), WEIGHT_MAJOR: run(_weight_major)}
-        op = "bf16-few-rows"
+        op = f"{CHOSEN_DTYPES[weight.dtype]}-few-rows"
         if top == 1 and tuning_enabled():  # a process that cannot compile keeps its choice apart
             dot = compiled("bf16")
             if dot is None or not verified(dot, F.linear(x, weight), x, weight):
@@ -90,12 +100,13 @@ def few_row_kernel(weight: torch.Tensor, m: int) -> str:
     return _chosen[key]
 
 
-def choose_kernels(shapes: list[tuple[int, int]]) -> dict[tuple[int, int, int], str]:
-    """Make every choice for these weight shapes now (`omnivision tune`, the bench before it measures):
-    {(N, K, largest rows of the bucket): kernel}."""
+def choose_kernels(shapes: list[tuple[int, int]],
+                   dtype: torch.dtype = torch.bfloat16) -> dict[tuple[int, int, int], str]:
+    """Make every choice for these weight shapes in `dtype` now (`omnivision tune`, the bench before it
+    measures): {(N, K, largest rows of the bucket): kernel}."""
     chosen = {}
     for n, k in shapes:
-        weight = torch.empty(n, k, dtype=torch.bfloat16).normal_()
+        weight = torch.empty(n, k, dtype=dtype).normal_()
         for top, timed in ROW_BUCKETS:
             chosen[(n, k, top)] = few_row_kernel(weight, timed)
     return chosen
@@ -131,7 +142,7 @@ class Linear(nn.Linear):
         loop of its own."""
         weight = self.weight
         kernel = F_LINEAR
-        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
+        if weight.device.type == "cpu" and weight.dtype in CHOSEN_DTYPES:
             kernel = few_row_kernel(weight, 1)
         function = {F_LINEAR: F.linear, WEIGHT_MAJOR: _weight_major, COMPILED_DOT: _dot}[kernel]
         if weight.device.type == "cpu" and kernel != COMPILED_DOT and (ops := cpp_ops()) is not None:
