@@ -1,8 +1,10 @@
-"""`kernels.cpp_build`, `q8_dot.cpp`, `q4_dot.cpp` and `opaque_products.cpp`: every code path of the
+"""`kernels.cpp_build`, `q8_dot.cpp`, `q4_dot.cpp`, `dense_dot.cpp` and `opaque_products.cpp`: every code path of the
 group-wise int8 kernel (AVX512-VNNI, AVX-VNNI, AVX2, portable, as far as this CPU runs them) gives the
 dequantised product within the rounding of its int8 activations, on odd shapes; every path of the
 int4 kernel (those and AVX512-VBMI) gives the dequantised weights times the rounded activations, for
-fp32 and bf16 scales, one to several 64-row blocks and each group size; the opaque products are
+fp32 and bf16 scales, one to several 64-row blocks and each group size; every path of the dense
+fp32 / bf16 kernel (AVX512-BF16, AVX-512, AVX2, portable) gives the product within fp32 summation
+error, on every tail length; the opaque products are
 F.linear's, also inside `torch.compile`; a process that must not or cannot build gets None, with a
 warning for a failure."""
 
@@ -73,8 +75,22 @@ for n, k, group in [(64, 32, 32), (128, 896, 128), (192, 256, 64), (64, 512, 256
                 size = rounded.double().abs() @ parts.double().t()
                 bound = size * 1e-5 + want.abs() * (2 ** -8 if dtype == torch.bfloat16 else 0) + 1e-6
                 worst4 = max(worst4, ((got.double() - want).abs() / bound).max().item())
+dense = cpp_build.ops().dense_linear
+worst_dense = 0.0
+for n, k in [(1, 7), (70, 96), (130, 896), (65, 1000)]:  # tails of every vector width
+    for rows in (1, 2, 5):
+        for dtype in (torch.float32, torch.bfloat16):
+            for bias in (None, torch.randn(n).to(dtype)):
+                w, x = torch.randn(n, k).to(dtype), (torch.randn(rows, k) * torch.logspace(-2, 1, k)).to(dtype)
+                want = x.double() @ w.double().t() + (0 if bias is None else bias.double())
+                got = dense(x, w, bias)
+                assert got.dtype == dtype and got.shape == (rows, n), (got.dtype, got.shape)
+                # exact products summed in fp32 in some order, then one rounding to the result's dtype
+                size = x.double().abs() @ w.double().abs().t()
+                bound = size * k * 2 ** -24 + want.abs() * (2 ** -8 if dtype == torch.bfloat16 else 2 ** -24) + 1e-6
+                worst_dense = max(worst_dense, ((got.double() - want).abs() / bound).max().item())
 print(json.dumps({"path": cpp_build.compiled_path(), "q4_path": cpp_build.compiled_path("q4"), "worst": worst,
-                  "worst_q4": worst4}))
+                  "worst_q4": worst4, "dense_path": cpp_build.compiled_path("dense"), "worst_dense": worst_dense}))
 """
 
 
@@ -86,6 +102,8 @@ def _flags() -> list[list[str] | None]:
             out.append(["-O3", "-march=native", "-mno-avx512vbmi"])  # the int4 kernel's 256-bit AVX512-VNNI path
         if "avx512_vnni" in flags:
             out.append(["-O3", "-march=native", "-mno-avx512f"])  # AVX-VNNI where the CPU has it, else AVX2
+        if "avx512_bf16" in flags:
+            out.append(["-O3", "-march=native", "-mno-avx512bf16"])  # the dense kernel's widening AVX-512 path
         if "avx2" in flags:
             out.append(["-O3", "-march=native", "-mno-avx512f", "-mno-avxvnni"])
         out.append(["-O3", "-march=x86-64"])  # the portable loops
@@ -101,14 +119,19 @@ def test_each_code_path_gives_the_dequantised_product(flags, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if flags is not None and "-march=x86-64" in flags:
-        assert result["path"] == result["q4_path"] == "portable"
+        assert result["path"] == result["q4_path"] == result["dense_path"] == "portable"
     if flags is not None and "-mno-avxvnni" in flags:
-        assert result["path"] == result["q4_path"] == "AVX2"
+        assert result["path"] == result["q4_path"] == result["dense_path"] == "AVX2"
+    if flags is not None and "-mno-avx512bf16" in flags:
+        assert result["dense_path"] == "AVX-512"
+    if flags is None and "avx512_bf16" in cpu_description()[1].split():
+        assert result["dense_path"] == "AVX512-BF16"
     if flags is not None and "-mno-avx512vbmi" in flags:
         assert result["q4_path"] == "AVX512-VNNI"
     if flags is None and "avx512vbmi" in cpu_description()[1].split() and "avx512_vnni" in cpu_description()[1].split():
         assert result["q4_path"] == "AVX512-VBMI-VNNI"
-    assert result["worst"] <= 1.0 and result["worst_q4"] <= 1.0, result  # within the rounding bound everywhere
+    # within the rounding bound everywhere
+    assert result["worst"] <= 1.0 and result["worst_q4"] <= 1.0 and result["worst_dense"] <= 1.0, result
 
 
 def test_build_names_change_with_the_flags():
@@ -148,7 +171,7 @@ def test_no_kernel_when_compiling_is_off_or_the_build_fails(monkeypatch):
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_opaque_products_are_f_linear_also_compiled(rows, bias, dtype):
+def test_the_opaque_and_dense_products_are_f_linear_also_compiled(rows, bias, dtype):
     import torch.nn.functional as F
 
     ops = cpp_build.ops()
@@ -157,7 +180,7 @@ def test_the_opaque_products_are_f_linear_also_compiled(rows, bias, dtype):
     b = torch.randn(40, dtype=dtype) if bias else None
     want = F.linear(x.double(), w.double(), None if b is None else b.double())
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for op in (ops.linear, ops.weight_major):
+    for op in (ops.linear, ops.weight_major, ops.dense_linear):
         compiled = torch.compile(lambda x, w, b, op=op: op(x, w, b) * 2, dynamic=True)
         for got in (op(x, w, b), compiled(x, w, b) / 2):
             assert got.dtype == dtype and got.shape == (rows, 40)

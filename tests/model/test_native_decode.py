@@ -11,7 +11,9 @@ import torch
 
 from omnivision.kernels.compiled_dot import COMPILE_ENV
 from omnivision.kernels.cpp_build import ops
+from omnivision.model import linear as linear_module
 from omnivision.model import native_decode, one_row_step
+from omnivision.model.linear import DENSE_KERNEL
 
 from .test_one_row_step import PROMPT, STEPS, decode, decoder, eager
 
@@ -68,11 +70,25 @@ def test_the_cpp_layers_give_the_eager_logits_and_cache(scheme, dtype, tol, monk
         assert (k_got.float() - k_want.float()).norm() <= tol * k_want.float().norm()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_dense_kernel_runs_in_the_cpp_layers(dtype, monkeypatch):
+    monkeypatch.setattr(linear_module, "few_row_kernel", lambda weight, m: DENSE_KERNEL)
+    lm = decoder(None, dtype)
+    assert native_decode.native_layers(plans(lm)).kinds == [native_decode.DENSE] * 14
+    want, _ = eager(lm, PROMPT, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="decode steps")
+        got, _ = decode(lm, PROMPT)
+    assert one_row_step._decoders[lm].native is not None
+    for got_step, want_step in zip(got, want):
+        assert (got_step - want_step).norm() <= 1e-5 * want_step.norm()
+
+
 def test_the_product_kinds(monkeypatch):
     monkeypatch.setenv("OMNIVISION_KERNEL_TUNING", "off")  # int8-g32 and int4 take the project's kernels
     kinds = {scheme: native_decode.native_layers(plans(decoder(scheme)))
              for scheme in (None, "int8-g32", "int4-g32")}
-    assert set(kinds[None].kinds) <= {native_decode.LINEAR, native_decode.WEIGHT_MAJOR}
+    assert set(kinds[None].kinds) <= {native_decode.LINEAR, native_decode.WEIGHT_MAJOR, native_decode.DENSE}
     assert kinds["int8-g32"].kinds == [native_decode.Q8] * 14 and kinds["int4-g32"].kinds == [native_decode.Q4] * 14
     assert kinds["int4-g32"].groups == [32] * 14 and kinds["int8-g32"].groups == [0] * 14
     q8 = kinds["int8-g32"]

@@ -104,7 +104,7 @@ def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
         path = prepare.native_checkpoint(plan.workdir, plan.preset, precision, plan.seed)
         specs.append(dict(impl="ours", precision=precision, path=str(path), work=work))
     for peer in plan.against:
-        if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
+        if not _installed(peer, plan):
             specs.append(dict(impl=peer, precision="-", skipped=f"{PEER_PACKAGES[peer]} is not installed"))
         elif peer == "transformers":
             default = "bf16" if resolve_dtype("auto") == torch.bfloat16 else "fp32"
@@ -122,10 +122,19 @@ def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
     return specs
 
 
+def _installed(peer: str, plan: Plan) -> bool:
+    """Whether `peer`'s package can be imported by its worker: llama.cpp's from `--llama-cpp-dir` when
+    given (a build of its own, not installed in this environment)."""
+    if peer == "llama.cpp" and plan.llama_cpp_dir is not None:
+        return True  # `Plan` checked that the folder holds the package
+    return importlib.util.find_spec(PEER_PACKAGES[peer]) is not None
+
+
 def _choose_kernels(specs: list[dict], plan: Plan, log: Callable[[str], None]) -> dict:
-    """This machine's kernel choices for the bf16 shapes, made in a worker of their own before any
-    measurement (so no measured phase, and no peak memory figure, carries the one-off timing)."""
-    tuned = [s for s in specs if s["impl"] == "ours" and s["precision"] != "fp32"]
+    """This machine's kernel choices for every checkpoint of ours (bf16 and fp32 few-row products,
+    quantized products, attention), made in a worker of their own before any measurement (so no
+    measured phase, and no peak memory figure, carries the one-off timing)."""
+    tuned = [s for s in specs if s["impl"] == "ours"]
     if not tuned:
         return {}
     log("choosing this machine's kernels")

@@ -1,6 +1,6 @@
 """Building and loading this project's C++ kernels on the machine they run on.
 
-Four sources, one library of `torch.ops.omnivision` ops:
+Five sources, one library of `torch.ops.omnivision` ops:
 
 - `q8_dot.cpp`: `q8_linear(x [M, K], q [N, K] int8, d [N, K/32] fp16, bias [N] or None) -> [M, N]`,
   the group-wise int8 few-row product (x fp32 or bf16, the result in x's dtype, summed in fp32):
@@ -9,6 +9,9 @@ Four sources, one library of `torch.ops.omnivision` ops:
 - `q4_dot.cpp`: `q4_linear(x [M, K], packed [N, K/2] uint8, table [N/64, K/G, 2, 64], G, bias)`,
   the same for `Int4Linear`'s group-wise int4 codes, read in their stored (64-row blocked) layout,
   with their scales and zeros rearranged block by block;
+- `dense_dot.cpp`: `dense_linear(x [M, K], w [N, K], bias)`, the few-row product of fp32 or bf16
+  weights, each weight row read once for all rows of x (one of the candidates `model/linear.py`
+  times);
 - `opaque_products.cpp`: `linear` and `weight_major`, torch's own few-row products behind ops that
   `torch.compile` does not rewrite (the compiled decode step calls them);
 - `decode_layers.cpp`: `decode_layers`, every layer of a decode step of one sequence in one call,
@@ -39,7 +42,7 @@ import torch
 from omnivision.kernels.machine import cpu_description
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("q8_dot.cpp", "q4_dot.cpp", "opaque_products.cpp", "decode_layers.cpp"))
+                for name in ("q8_dot.cpp", "q4_dot.cpp", "dense_dot.cpp", "opaque_products.cpp", "decode_layers.cpp"))
 BUILD_ROOT = Path.home() / ".cache" / "omnivision" / "kernels"
 BUILD_ENV = "OMNIVISION_KERNEL_BUILD_DIR"
 SWITCH_ENV = "OMNIVISION_KERNEL_BUILD"
@@ -47,6 +50,8 @@ PATHS = {5: "AVX512-VBMI-VNNI", 4: "AVX512-VNNI", 3: "AVX-VNNI", 2: "AVX2", 1: "
 """`torch.ops.omnivision.q8_path()` / `q4_path()`: the code path of `q8_dot.cpp` / `q4_dot.cpp` the
 build compiled (only `q4_dot.cpp` has a path of its own for AVX512-VBMI; without VBMI it runs
 256-bit registers on AVX512-VNNI)."""
+DENSE_PATHS = {4: "AVX512-BF16", 3: "AVX-512", 2: "AVX2", 1: "portable"}
+"""`torch.ops.omnivision.dense_path()`: the code path of `dense_dot.cpp` the build compiled."""
 
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
@@ -111,6 +116,7 @@ def _register_fakes() -> None:
     torch.library.register_fake("omnivision::q4_linear", q4)
     torch.library.register_fake("omnivision::linear", product)
     torch.library.register_fake("omnivision::weight_major", product)
+    torch.library.register_fake("omnivision::dense_linear", product)
 
 
 def ops():
@@ -137,6 +143,10 @@ def q4_linear():
 
 
 def compiled_path(kernel: str = "q8") -> str | None:
-    """The name of the code path the built group-wise `q8` or `q4` kernel runs (None where it did not build)."""
+    """The name of the code path the built `q8`, `q4` or `dense` kernel runs (None where it did not build)."""
     built = ops()
-    return None if built is None else PATHS[(built.q4_path if kernel == "q4" else built.q8_path)()]
+    if built is None:
+        return None
+    if kernel == "dense":
+        return DENSE_PATHS[built.dense_path()]
+    return PATHS[(built.q4_path if kernel == "q4" else built.q8_path)()]

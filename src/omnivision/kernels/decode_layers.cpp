@@ -17,8 +17,8 @@
 //     position) -> [1, D], writing each layer's new key and value at `position`.
 //     Product p of layer l is kinds[7l + p] with weights[21l + 3p .. 21l + 3p + 2]:
 //     0: q8_linear(x, a, b, bias), 1: q4_linear(x, a, b, groups[7l + p], bias),
-//     2: linear(x, a, bias), 3: weight_major(x, a, bias); the products are, in order,
-//     q, k, v, o, gate, up, down.
+//     2: linear(x, a, bias), 3: weight_major(x, a, bias), 4: dense_linear(x, a, bias); the products
+//     are, in order, q, k, v, o, gate, up, down.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -33,7 +33,7 @@
 namespace {
 
 constexpr int64_t kProducts = 7;
-enum Kind : int64_t { kQ8 = 0, kQ4 = 1, kLinear = 2, kWeightMajor = 3 };
+enum Kind : int64_t { kQ8 = 0, kQ4 = 1, kLinear = 2, kWeightMajor = 3, kDense = 4 };
 
 using MaybeTensor = std::optional<at::Tensor>;
 
@@ -55,6 +55,11 @@ at::Tensor product(int64_t kind, int64_t group, const MaybeTensor& a, const Mayb
       return at::linear(x, *a, bias);
     case kWeightMajor: {
       static const auto op = dispatcher.findSchemaOrThrow("omnivision::weight_major", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const MaybeTensor&)>();
+      return op.call(x, *a, bias);
+    }
+    case kDense: {
+      static const auto op = dispatcher.findSchemaOrThrow("omnivision::dense_linear", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const MaybeTensor&)>();
       return op.call(x, *a, bias);
     }
@@ -194,7 +199,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps, 
                 "decode_layers: cos and sin [hd] in x's dtype");
   }
   for (const int64_t kind : kinds) {
-    TORCH_CHECK(kind >= kQ8 && kind <= kWeightMajor, "decode_layers: unknown product kind ", kind);
+    TORCH_CHECK(kind >= kQ8 && kind <= kDense, "decode_layers: unknown product kind ", kind);
   }
   at::Tensor out = x.contiguous().clone();
   if (x.scalar_type() == at::kFloat) {

@@ -7,8 +7,10 @@ on the AMX Xeon `F.linear` took 683 us on 1 row and `torch.mv(W, x)` 473 us (on 
 order); on the AVX-512 EPYC without AMX it is the other way round, 352 against 597 us on 1 row. So
 the path is chosen per machine, weight shape and row bucket by timing both once
 (`omnivision.kernels.choices`, remembered on disk), with `F.linear` as the default. On one row (a
-decode step) a third competes: the multiply-and-sum loop `torch.compile` makes
-(`kernels.compiled_dot`), which streams the weight about twice as fast as either on the EPYC. From
+decode step) two more compete: the multiply-and-sum loop `torch.compile` makes
+(`kernels.compiled_dot`), which streams the weight about twice as fast as either on the EPYC, and
+this project's C++ loop (`kernels/dense_dot.cpp`), which also runs where inductor's loop is refused
+(held to AVX2) and keeps the decode step in one C++ call (`model/native_decode.py`). From
 `FEW_ROWS` rows on (the 729-token vision tower) `F.linear` is used; so it is on other devices and
 whenever autograd records (training).
 
@@ -36,7 +38,7 @@ FEW_ROWS = 128
 """Up to this many rows the kernel is chosen per machine (see the module docstring)."""
 ROW_BUCKETS = ((1, 1), (16, 8), (FEW_ROWS, 64))
 """(largest row count of the bucket, row count it is timed at)."""
-F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT = "F.linear", "weight-major", "compiled-dot"
+F_LINEAR, WEIGHT_MAJOR, COMPILED_DOT, DENSE_KERNEL = "F.linear", "weight-major", "compiled-dot", "dense-kernel"
 
 Product = tuple[Callable[..., torch.Tensor], tuple]
 """A layer's product on one row as a pure function and its arguments: fn(x [1, K], *args) -> [1, N]
@@ -78,7 +80,7 @@ def _bucket(m: int) -> tuple[int, int]:
 @torch.inference_mode()
 def few_row_kernel(weight: torch.Tensor, m: int) -> str:
     """The kernel for `m` rows times this weight's shape on this machine: F_LINEAR, WEIGHT_MAJOR or
-    (one row) COMPILED_DOT."""
+    (one row) COMPILED_DOT or DENSE_KERNEL."""
     top, timed_rows = _bucket(m)
     key = (weight.shape[0], weight.shape[1], top, torch.get_num_threads(), weight.dtype)
     if key not in _chosen:
@@ -96,6 +98,10 @@ def few_row_kernel(weight: torch.Tensor, m: int) -> str:
                 op += "-eager"
             else:
                 candidates[COMPILED_DOT] = run(dot)
+        if top == 1 and (ops := cpp_ops()) is None:
+            op += "-no-cpp"  # likewise a process without this project's C++ kernels
+        elif top == 1:
+            candidates[DENSE_KERNEL] = run(ops.dense_linear)
         _chosen[key] = CHOICES.choose(op, f"{key[0]}x{key[1]}/rows<={top}", candidates)
     return _chosen[key]
 
@@ -121,6 +127,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     kernel = few_row_kernel(weight, rows.shape[0])
     if kernel == COMPILED_DOT and (dot := compiled("bf16")) is not None:
         out = _dot(rows, weight, bias, dot)  # [M, N]
+    elif kernel == DENSE_KERNEL and (ops := cpp_ops()) is not None:
+        out = ops.dense_linear(rows, weight, bias)  # [M, N]
     elif kernel == WEIGHT_MAJOR:
         out = _weight_major(rows, weight, bias)
     else:
@@ -144,7 +152,7 @@ class Linear(nn.Linear):
         kernel = F_LINEAR
         if weight.device.type == "cpu" and weight.dtype in CHOSEN_DTYPES:
             kernel = few_row_kernel(weight, 1)
-        function = {F_LINEAR: F.linear, WEIGHT_MAJOR: _weight_major, COMPILED_DOT: _dot}[kernel]
+        function = {F_LINEAR: F.linear, WEIGHT_MAJOR: _weight_major, COMPILED_DOT: _dot}.get(kernel, F.linear)
         if weight.device.type == "cpu" and kernel != COMPILED_DOT and (ops := cpp_ops()) is not None:
-            function = ops.linear if kernel == F_LINEAR else ops.weight_major
+            function = {F_LINEAR: ops.linear, WEIGHT_MAJOR: ops.weight_major, DENSE_KERNEL: ops.dense_linear}[kernel]
         return function, (weight, self.bias)

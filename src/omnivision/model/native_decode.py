@@ -1,6 +1,7 @@
 """The decode step's layers in one C++ call (`kernels/decode_layers.cpp`), for decoders whose seven
 products per layer are all this project's ops: group-wise int8 (`q8_linear`), group-wise int4 on the
-project's kernel (`q4_linear`), or torch's own products behind `linear` / `weight_major`.
+project's kernel (`q4_linear`), fp32 / bf16 on the project's kernel (`dense_linear`), or torch's own
+products behind `linear` / `weight_major`.
 
 Why: the compiled layer step (`model/one_row_step.py`) spends about 150 us per layer outside its
 products, in Python (the graph's wrapper, guards, entering the compiled region); on the 2-core AMD
@@ -22,7 +23,7 @@ from omnivision.model.kv_cache import KVCache
 from omnivision.model.linear import Product
 
 SWITCH_ENV = "OMNIVISION_NATIVE_DECODE"
-Q8, Q4, LINEAR, WEIGHT_MAJOR = 0, 1, 2, 3
+Q8, Q4, LINEAR, WEIGHT_MAJOR, DENSE = 0, 1, 2, 3, 4
 """Product kinds, as `decode_layers.cpp` numbers them."""
 
 
@@ -69,11 +70,16 @@ def _product_spec(product: Product) -> tuple[int, int, list[torch.Tensor | None]
     if kind == Q4 and group > 0:
         packed, table, bias = args
         return Q4, group, [packed, table, bias]
-    name = getattr(function, "_qualified_op_name", None)
-    if name in ("omnivision::linear", "omnivision::weight_major"):
+    kind = _DENSE_KINDS.get(getattr(function, "_qualified_op_name", None))
+    if kind is not None:
         weight, bias = args
-        return (LINEAR if name == "omnivision::linear" else WEIGHT_MAJOR), 0, [weight, None, bias]
+        return kind, 0, [weight, None, bias]
     return None
+
+
+_DENSE_KINDS = {"omnivision::linear": LINEAR, "omnivision::weight_major": WEIGHT_MAJOR,
+                "omnivision::dense_linear": DENSE}
+"""The ops of fp32 / bf16 weights, by their qualified names."""
 
 
 def native_layers(plans) -> NativeLayers | None:
