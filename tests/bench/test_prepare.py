@@ -42,3 +42,33 @@ def test_the_prompt_has_the_image_slots_and_the_question(tmp_path) -> None:
     ids = prepare.prompt_ids(config, tokenizer)
     assert ids.count(config.image_token_id) == config.num_image_tokens
     assert "What objects can you see" in tokenizer.decode(ids)
+
+
+FAKE_LLAMA_CPP = """
+import ctypes
+class Params(ctypes.Structure):
+    _fields_ = [("ftype", ctypes.c_int), ("nthread", ctypes.c_int)]
+def llama_model_quantize_default_params():
+    return Params()
+def llama_model_quantize(source, target, params):
+    with open(target, "wb") as out, open(source, "rb") as f16:
+        out.write(b"from the folder's build, ftype %d, " % params._obj.ftype + f16.read(4))
+    return 0
+"""
+
+
+def test_llama_cpp_quantizes_with_the_build_in_its_folder(tmp_path, monkeypatch) -> None:
+    import sys
+
+    folder = tmp_path / "build"
+    (folder / "llama_cpp").mkdir(parents=True)
+    (folder / "llama_cpp" / "__init__.py").write_text(FAKE_LLAMA_CPP)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    saved = sys.modules.pop("llama_cpp", None)
+    try:
+        q8 = prepare.llama_cpp_gguf(tmp_path, "tiny", "Q8_0", 1, llama_cpp_dir=folder)
+    finally:
+        sys.modules.pop("llama_cpp", None)
+        if saved is not None:
+            sys.modules["llama_cpp"] = saved
+    assert q8.read_bytes() == b"from the folder's build, ftype 7, GGUF"

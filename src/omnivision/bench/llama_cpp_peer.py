@@ -40,9 +40,17 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def quantize(f16_gguf: Path, out: Path, ftype: str, threads: int) -> None:
+def llama_cpp_module(folder: Path | None = None):
+    """The `llama_cpp` package, from `folder` (a build of its own, `--llama-cpp-dir`) when given."""
+    if folder is not None and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     import llama_cpp
 
+    return llama_cpp
+
+
+def quantize(f16_gguf: Path, out: Path, ftype: str, threads: int, folder: Path | None = None) -> None:
+    llama_cpp = llama_cpp_module(folder)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.nthread = threads

@@ -85,8 +85,10 @@ def native_checkpoint(workdir: Path, preset_name: str, precision: str, seed: int
     return _publish(tmp, final)
 
 
-def llama_cpp_gguf(workdir: Path, preset_name: str, ggml_type: str, threads: int, seed: int = 0) -> Path:
-    """The random language model as a GGUF of `ggml_type` (F16, or Q8_0 / Q4_0 made by llama.cpp)."""
+def llama_cpp_gguf(workdir: Path, preset_name: str, ggml_type: str, threads: int, seed: int = 0,
+                   llama_cpp_dir: Path | None = None) -> Path:
+    """The random language model as a GGUF of `ggml_type` (F16, or Q8_0 / Q4_0 made by llama.cpp, the
+    build in `llama_cpp_dir` when given)."""
     from omnivision.bench.llama_cpp_peer import quantize
     from omnivision.weights.release_write import write_llm
 
@@ -98,5 +100,5 @@ def llama_cpp_gguf(workdir: Path, preset_name: str, ggml_type: str, threads: int
         tokenizer, _ = tokenizer_and_config(preset_name)
         write_llm(random_model(preset_name, tokenizer, seed), tokenizer, tmp, "F16")
     else:
-        quantize(llama_cpp_gguf(workdir, preset_name, "F16", threads, seed), tmp, ggml_type, threads)
+        quantize(llama_cpp_gguf(workdir, preset_name, "F16", threads, seed), tmp, ggml_type, threads, llama_cpp_dir)
     return _publish(tmp, final)

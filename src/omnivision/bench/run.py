@@ -117,7 +117,7 @@ def _specs(plan: Plan, log: Callable[[str], None]) -> list[dict]:
             for ggml_type in LLAMA_TYPES:
                 log(f"preparing the llama.cpp {ggml_type} GGUF")
                 path = prepare.llama_cpp_gguf(plan.workdir, plan.preset, ggml_type, plan.work.threads or 2,
-                                              plan.seed)
+                                              plan.seed, plan.llama_cpp_dir)
                 specs.append(dict(impl=peer, precision=ggml_type, path=str(path), prompt_ids=ids, work=work))
     return specs
 
