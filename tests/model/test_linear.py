@@ -102,3 +102,12 @@ def test_without_the_cpp_kernels_the_choice_is_kept_apart(tmp_path, monkeypatch)
     assert few_row_kernel(torch.randn(64, 32).bfloat16(), 1) != DENSE_KERNEL
     (key, entry), = json.loads((tmp_path / "choices.json").read_text()).items()
     assert "-no-cpp/64x32/rows<=1" in key and DENSE_KERNEL not in entry["median_s"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inside_a_compiled_graph_the_compiler_picks_the_kernel(dtype):
+    # the per-machine choice (a timing, a dict lookup) cannot be traced: the whole graph must compile
+    w, x = torch.randn(24, 16).to(dtype), torch.randn(1, 16).to(dtype)
+    compiled = torch.compile(lambda x: linear(x, w) * 2, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x) / 2, F.linear(x, w))

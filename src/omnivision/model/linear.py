@@ -52,8 +52,9 @@ _chosen: dict[tuple[int, int, int, int, torch.dtype], str] = {}
 
 
 def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # inside a graph torch.compile traces (the static decode step), the compiler picks its own kernels
     return (x.device.type == "cpu" and x.dtype == weight.dtype and weight.dtype in CHOSEN_DTYPES
-            and x.numel() <= FEW_ROWS * x.shape[-1]
+            and x.numel() <= FEW_ROWS * x.shape[-1] and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
