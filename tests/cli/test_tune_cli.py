@@ -32,7 +32,8 @@ def test_tune_chooses_every_shape_once_and_remembers(tmp_path, monkeypatch, caps
     stored = json.loads((tmp_path / "choices.json").read_text())
     stored = {k: v for k, v in stored.items() if "/bf16-few-rows/" in k}
     assert len(stored) == len(rows) > 0 and len(rows) % len(ROW_BUCKETS) == 0
-    assert {entry["choice"] for entry in stored.values()} <= {"F.linear", "weight-major", "compiled-dot", "dense-kernel"}
+    kernels = {"F.linear", "weight-major", "compiled-dot", "dense-kernel"}
+    assert {entry["choice"] for entry in stored.values()} <= kernels
     monkeypatch.setattr(linear_module, "_chosen", {})  # a new process
     assert main(["tune", "--threads", "1"]) == 0
     assert capsys.readouterr().out.count("remembered from an earlier run") == len(rows)
