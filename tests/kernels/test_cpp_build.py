@@ -1,10 +1,13 @@
-"""`kernels.cpp_build`, `q8_dot.cpp`, `q4_dot.cpp`, `dense_dot.cpp` and `opaque_products.cpp`: every code path of the
+"""`kernels.cpp_build`, `q8_dot.cpp`, `q4_dot.cpp`, `dense_dot.cpp`, `dequantized_products.cpp` and
+`opaque_products.cpp`: every code path of the
 group-wise int8 kernel (AVX512-VNNI, AVX-VNNI, AVX2, portable, as far as this CPU runs them) gives the
 dequantised product within the rounding of its int8 activations, on odd shapes; every path of the
 int4 kernel (those and AVX512-VBMI) gives the dequantised weights times the rounded activations, for
 fp32 and bf16 scales, one to several 64-row blocks and each group size; every path of the dense
 fp32 / bf16 kernel (AVX512-BF16, AVX-512, AVX2, portable) gives the product within fp32 summation
-error, on every tail length; the opaque products are
+error, on every tail length; every path of the dequantised products (AVX-512 with and without
+AVX512-BF16, the plain loops) gives the weights' definition, rounds to bf16 as torch does, and
+multiplies within fp32 summation error; the opaque products are
 F.linear's, also inside `torch.compile`; a process that must not or cannot build gets None, with a
 warning for a failure."""
 
@@ -89,8 +92,42 @@ for n, k in [(1, 7), (70, 96), (130, 896), (65, 1000)]:  # tails of every vector
                 size = x.double().abs() @ w.double().abs().t()
                 bound = size * k * 2 ** -24 + want.abs() * (2 ** -8 if dtype == torch.bfloat16 else 2 ** -24) + 1e-6
                 worst_dense = max(worst_dense, ((got.double() - want).abs() / bound).max().item())
+built = cpp_build.ops()
+worst_dequantised = 0.0
+eps = 2 ** -24
+for n, k, group in [(64, 32, 32), (192, 256, 64), (100, 96, 32), (40, 288, 32)]:  # both int4 layouts
+    layer = Int4Linear.from_linear(torch.nn.Linear(k, n), group)
+    args = (layer.qweight, layer.scales, layer.zeros, group)
+    wide = built.q4_dequantize(*args, torch.empty(0))
+    assert torch.equal(built.q4_dequantize(*args, torch.empty(0, dtype=torch.bfloat16)), wide.bfloat16())
+    codes = (layer.dequantize().view(n, -1, group) - layer.zeros[..., None]) / layer.scales[..., None] + 8
+    s, z = layer.scales.double()[..., None], layer.zeros.double()[..., None]
+    want = ((codes.round().double() - 8) * s + z).view(n, k)
+    terms = (codes.round().double() * s + (z - 8 * s).abs()).view(n, k)
+    worst_dequantised = max(worst_dequantised, ((wide.double() - want).abs() / (4 * eps * terms + 1e-30)).max().item())
+for n, k, columns in [(70, 96, 3), (24, 40, 1), (33, 1000, 1)]:  # group-wise fp16 scales, a row's fp32 scale
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scales = torch.rand(n, columns) * 0.01 + 1e-4
+    scales = scales.half() if columns > 1 else scales
+    wide = built.q8_dequantize(q, scales, torch.empty(0))
+    assert torch.equal(wide, (q.float().view(n, columns, -1) * scales.float()[..., None]).view(n, k))
+    assert torch.equal(built.q8_dequantize(q, scales, torch.empty(0, dtype=torch.bfloat16)), wide.bfloat16())
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in (1, 70):
+            x = (torch.randn(rows, k) * torch.logspace(-2, 1, k)).to(dtype)
+            bias = torch.randn(n).to(dtype)
+            w = wide.to(dtype).double()
+            want = x.double() @ w.t()
+            got = built.q8_dequantized_linear(x, q, scales, bias)
+            assert got.dtype == dtype and got.shape == (rows, n), (got.dtype, got.shape)
+            # a float product of the dtype's weights, summed in fp32; the bias added after one rounding
+            size = x.double().abs() @ w.abs().t()
+            unit = 2 ** -8 if dtype == torch.bfloat16 else eps
+            bound = size * k * eps + (want.abs() + bias.double().abs()) * 2 * unit + 1e-6
+            worst_dequantised = max(worst_dequantised, ((got.double() - want - bias.double()).abs() / bound).max().item())
 print(json.dumps({"path": cpp_build.compiled_path(), "q4_path": cpp_build.compiled_path("q4"), "worst": worst,
-                  "worst_q4": worst4, "dense_path": cpp_build.compiled_path("dense"), "worst_dense": worst_dense}))
+                  "worst_q4": worst4, "dense_path": cpp_build.compiled_path("dense"), "worst_dense": worst_dense,
+                  "worst_dequantised": worst_dequantised}))
 """
 
 
@@ -132,6 +169,7 @@ def test_each_code_path_gives_the_dequantised_product(flags, tmp_path):
         assert result["q4_path"] == "AVX512-VBMI-VNNI"
     # within the rounding bound everywhere
     assert result["worst"] <= 1.0 and result["worst_q4"] <= 1.0 and result["worst_dense"] <= 1.0, result
+    assert result["worst_dequantised"] <= 1.0, result
 
 
 def test_build_names_change_with_the_flags():

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnivision.kernels.cpp_build import q4_linear
-from omnivision.quantize import Int4Linear, int4_few_rows
+from omnivision.quantize import Int4Linear, int4_few_rows, many_rows
+from omnivision.quantize.many_rows import DEQUANTISED
 from omnivision.quantize.int4_few_rows import Q4_KERNEL, Q4_MAX_ROWS, TORCH_KERNEL, q4_product, q4_table
-from omnivision.quantize.int4_linear import fitting_group_size, packed_product, quantize_int4
+from omnivision.quantize.int4_linear import ROW_BLOCKS, fitting_group_size, packed_product, quantize_int4
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -38,7 +39,7 @@ def test_kernel_forward_matches_dequantised_matmul(dtype, tol, in_features, grou
     # fp32 activations also run the kernel in bf16 (see the module docstring): bf16 tolerance for both
     ref = x @ layer.dequantize().t() + linear.bias.detach()
     out = layer(x.to(dtype))
-    assert layer._use_kernel(x.to(dtype))
+    assert layer._kernel(x.to(dtype), 6) != ROW_BLOCKS
     assert out.dtype == dtype and out.shape == (3, 2, 64)
     assert torch.allclose(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
@@ -118,11 +119,15 @@ def test_timing_picks_the_faster_kernel_and_keeps_it(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("out_features", [10, 96])
-def test_outputs_not_divisible_by_64_use_the_fallback(out_features):
+def test_outputs_not_divisible_by_64_are_dequantised(out_features, monkeypatch):
+    """The row layout: no kernel reads it; the C++ loops dequantise it, torch operators without them."""
     linear = nn.Linear(64, out_features, bias=False)
     layer = Int4Linear.from_linear(linear, 32, symmetric=True)
     x = torch.randn(4, 64)
-    assert not layer._use_kernel(x)
+    assert layer._kernel(x, 4) == DEQUANTISED
+    assert torch.allclose(layer(x), x @ layer.dequantize().t(), atol=1e-5)
+    monkeypatch.setattr(many_rows, "dequantised_products", lambda: None)
+    assert layer._kernel(x, 4) == ROW_BLOCKS
     assert torch.allclose(layer(x), x @ layer.dequantize().t(), atol=1e-5)
 
 

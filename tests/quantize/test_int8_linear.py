@@ -144,7 +144,7 @@ def test_the_int8_activation_choice_is_timed_and_remembered(monkeypatch, tmp_pat
     monkeypatch.setattr(int8_linear, "_chosen", {})
     monkeypatch.setattr(int8_linear, "ACTIVATION_TIMED_ROWS", 260)
     choice = int8_linear.many_row_kernel(64, 128, torch.bfloat16)
-    kinds = {int8_linear.DEQUANTISE, int8_linear.INT8_ACTIVATIONS, int8_linear.COMPILED_ACTIVATIONS}
+    kinds = {int8_linear.DEQUANTISED, int8_linear.INT8_ACTIVATIONS, int8_linear.COMPILED_ACTIVATIONS}
     assert choice in kinds
     (timed,) = choices.timings.values()
     assert set(timed) == kinds  # the compiled candidate too: this machine compiles

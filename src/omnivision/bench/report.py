@@ -166,6 +166,10 @@ def table(doc: dict) -> str:
         int4 = [f"{key.removeprefix('int4 ')}: {kernel}" for key, kernel in kernels.items() if key.startswith("int4 ")]
         if int4:
             lines.append("int4 products (decoding): " + "; ".join(int4) + ".")
+        many = [f"{key.removeprefix('many-rows ')}: {kernel}" for key, kernel in kernels.items()
+                if key.startswith("many-rows ")]
+        if many:
+            lines.append("Quantized products on many rows (prompts, the vision tower, the projector): " + "; ".join(many) + ".")
     return "\n".join(lines)
 
 

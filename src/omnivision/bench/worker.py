@@ -54,14 +54,14 @@ def run(spec: dict) -> dict:
 def _tune(spec: dict) -> dict:
     """Every kernel choice the measured checkpoints will meet: few-row bf16 products of the language
     model, then one image through each checkpoint's vision tower (attention precision; int8
-    activations for an int8 tower) and one token through its decoder (one-row int8 products, per row or
-    group-wise; one-row int4 products)."""
+    activations for an int8 tower), a prompt and one token through its decoder (many-row and one-row
+    int8 products, per row or group-wise; int4 products)."""
     from omnivision.bench.prepare import COMPUTE_DTYPES
     from omnivision.generation.generate import prefill
     from omnivision.loader import load
     from omnivision.model import attention
     from omnivision.model.linear import CHOSEN_DTYPES, choose_kernels
-    from omnivision.quantize import int4_few_rows, int8_group_linear, int8_linear
+    from omnivision.quantize import int4_few_rows, int8_group_linear, int8_linear, many_rows
 
     out, done = {}, set()
     for path, precision in zip(spec["paths"], spec["precisions"]):
@@ -75,6 +75,8 @@ def _tune(spec: dict) -> dict:
         with torch.inference_mode():
             vlm.model.encode_images(torch.zeros(1, 3, size, size))
             lm = vlm.model.language
+            prompt = torch.zeros(1, many_rows.MANY_TIMED_ROWS, dtype=torch.long)
+            prefill(lm, lm.embed(prompt), None, prompt.shape[1])  # many-row products
             prefill(lm, lm.embed(torch.zeros(1, 1, dtype=torch.long)), None, 1)  # one-row products
     out.update({f"vision attention h{h}/n{n}/d{d}": kernel for (h, n, d, _), kernel in attention._chosen.items()})
     out.update({f"int8 {kind} {n}x{k}": kernel for (kind, n, k, *_), kernel in int8_linear._chosen.items()})
@@ -82,6 +84,8 @@ def _tune(spec: dict) -> dict:
                 for (n, k, rows, _), kernel in int8_group_linear._chosen.items()})
     out.update({f"int4 rows={rows} {n}x{k}/g{group}": kernel
                 for (n, k, group, rows, _), kernel in int4_few_rows._chosen.items()})
+    out.update({f"many-rows {op.removesuffix('-many-rows')} {shape}/rows={rows}": kernel
+                for (op, shape, rows, _), kernel in many_rows._chosen.items()})
     return out
 
 

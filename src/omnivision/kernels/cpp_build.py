@@ -1,6 +1,6 @@
 """Building and loading this project's C++ kernels on the machine they run on.
 
-Five sources, one library of `torch.ops.omnivision` ops:
+Six sources, one library of `torch.ops.omnivision` ops:
 
 - `q8_dot.cpp`: `q8_linear(x [M, K], q [N, K] int8, d [N, K/32] fp16, bias [N] or None) -> [M, N]`,
   the group-wise int8 few-row product (x fp32 or bf16, the result in x's dtype, summed in fp32):
@@ -15,7 +15,10 @@ Five sources, one library of `torch.ops.omnivision` ops:
 - `opaque_products.cpp`: `linear` and `weight_major`, torch's own few-row products behind ops that
   `torch.compile` does not rewrite (the compiled decode step calls them);
 - `decode_layers.cpp`: `decode_layers`, every layer of a decode step of one sequence in one call,
-  for decoders whose products are all the ops above (`model/native_decode.py`).
+  for decoders whose products are all the ops above (`model/native_decode.py`);
+- `dequantized_products.cpp`: `q4_dequantized_linear` / `q8_dequantized_linear`, the many-row
+  products of int4 and int8 weights: each weight dequantised by one pass of vector loops into a
+  buffer the thread keeps, then one float matrix product on torch's path (`quantize.many_rows`).
 
 The library is compiled at first use with torch's extension builder for this CPU's own instruction
 sets (`-march=native`; without AVX-512 where `ATEN_CPU_CAPABILITY` holds torch to AVX2, so the
@@ -42,7 +45,8 @@ import torch
 from omnivision.kernels.machine import cpu_description
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("q8_dot.cpp", "q4_dot.cpp", "dense_dot.cpp", "opaque_products.cpp", "decode_layers.cpp"))
+                for name in ("q8_dot.cpp", "q4_dot.cpp", "dense_dot.cpp", "opaque_products.cpp", "decode_layers.cpp",
+                             "dequantized_products.cpp"))
 BUILD_ROOT = Path.home() / ".cache" / "omnivision" / "kernels"
 BUILD_ENV = "OMNIVISION_KERNEL_BUILD_DIR"
 SWITCH_ENV = "OMNIVISION_KERNEL_BUILD"
@@ -112,6 +116,16 @@ def _register_fakes() -> None:
            bias: torch.Tensor | None = None) -> torch.Tensor:
         return x.new_empty((x.shape[0], packed.shape[0]))
 
+    def q4_dequantized(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], packed.shape[0]))
+
+    def q8_dequantized(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], q.shape[0]))
+
+    torch.library.register_fake("omnivision::q4_dequantized_linear", q4_dequantized)
+    torch.library.register_fake("omnivision::q8_dequantized_linear", q8_dequantized)
     torch.library.register_fake("omnivision::q8_linear", q8)
     torch.library.register_fake("omnivision::q4_linear", q4)
     torch.library.register_fake("omnivision::linear", product)

@@ -9,12 +9,14 @@ Storage (`state_dict`): `qweight` uint8 [N, K/2], two codes per byte in the layo
 
 Kernels: on CPU with fp32/bf16 activations and N divisible by 64, up to `Q4_MAX_ROWS` rows (decode
 steps) run on the kernel `int4_few_rows` chooses for this machine: the project's group-wise kernel
-on the stored codes, or torch's. Torch's (`torch.ops.aten._weight_int4pack_mm_for_cpu` on
-`qweight` itself, in bf16: fp32 activations are rounded to bf16, the kernel's fp32 path measured
-~30x slower, torch 2.13, 1x896 @ 896x4864, 2 threads; with a cached bf16 copy of the scales and
-zeros) takes the other rows up to `KERNEL_MAX_ROWS` (111 rows: 6.1 ms against 4.3 ms dequantising
-plus 1 ms in bf16); beyond, and on other devices or dtypes, the forward dequantises the weight
-slice by slice (`row_blocks`) for bf16/fp32 products.
+on the stored codes, or torch's (`torch.ops.aten._weight_int4pack_mm_for_cpu` on `qweight` itself,
+in bf16: fp32 activations are rounded to bf16, the kernel's fp32 path measured ~30x slower, torch
+2.13, 1x896 @ 896x4864, 2 threads; with a cached bf16 copy of the scales and zeros). More rows run
+on what `many_row_kernel` chooses: the weight dequantised by the project's C++ loops for one float
+product, or either kernel (`quantize.many_rows`). Where the C++ kernels do not build, torch's kernel
+takes up to `KERNEL_MAX_ROWS` rows (111 rows: 6.1 ms against 4.3 ms dequantising plus 1 ms in
+bf16); beyond, and on other devices or dtypes, the forward dequantises the weight slice by slice
+with torch operators (`row_blocks`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ import torch
 from torch import nn
 
 from omnivision.model.linear import Product
-from omnivision.quantize import int4_few_rows
+from omnivision.quantize import int4_few_rows, many_rows
 from omnivision.quantize.from_linear import filled_from
-from omnivision.quantize.int4_few_rows import Q4_KERNEL, Q4_MAX_ROWS, q4_product, q4_table
+from omnivision.quantize.int4_few_rows import Q4_KERNEL, Q4_MAX_ROWS, TORCH_KERNEL, q4_product, q4_table
+from omnivision.quantize.many_rows import DEQUANTISED
 from omnivision.quantize.row_blocks import linear_in_row_blocks
 from omnivision.quantize.int4_packing import gather_codes, is_blocked, pack_codes, to_kernel, unpack_codes
 from omnivision.quantize.scheme import GROUP_SIZES
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 KERNEL_MAX_ROWS = 48
+ROW_BLOCKS = "row-blocks"
 
 
 def fitting_group_size(in_features: int, group_size: int) -> int:
@@ -146,20 +150,33 @@ class Int4Linear(nn.Module):
             self._packed, self._packed_key = (weight, scales_zeros.contiguous()), key
         return self._packed
 
-    def _use_kernel(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and is_blocked(self.out_features)
-                and x.numel() // self.in_features <= KERNEL_MAX_ROWS)
+    def _kernel(self, x: torch.Tensor, rows: int) -> str:
+        """Q4_KERNEL, TORCH_KERNEL, DEQUANTISED or ROW_BLOCKS for `rows` rows of x."""
+        if not (x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES):
+            return ROW_BLOCKS
+        if not is_blocked(self.out_features):  # the kernels read the blocked layout only
+            return DEQUANTISED if many_rows.dequantised_products() is not None else ROW_BLOCKS
+        if rows <= Q4_MAX_ROWS:
+            return int4_few_rows.few_row_kernel(self.out_features, self.in_features, self.group_size, rows)
+        if many_rows.dequantised_products() is None:
+            return TORCH_KERNEL if rows <= KERNEL_MAX_ROWS else ROW_BLOCKS
+        return many_row_kernel(self.out_features, self.in_features, self.group_size, rows)
 
-    def _few_row_kernel(self, rows: int) -> str:
-        return int4_few_rows.few_row_kernel(self.out_features, self.in_features, self.group_size, rows)
+    def _dequantised_product(self, flat: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(flat.dtype)
+        return many_rows.dequantised_products().q4_dequantized_linear(
+            flat, self.qweight, self.scales.float(), self.zeros.float(), self.group_size, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._use_kernel(x):
+        flat = x.reshape(-1, self.in_features)
+        kind = self._kernel(x, flat.shape[0])
+        if kind == ROW_BLOCKS:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return linear_in_row_blocks(x, self.out_features, lambda a, b: self._rows_between(a, b, x.dtype), bias)
-        flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] <= Q4_MAX_ROWS and self._few_row_kernel(flat.shape[0]) == Q4_KERNEL:
+        if kind == Q4_KERNEL:
             out = q4_product(flat, self.qweight, self._q4_table(), self.bias, group_size=self.group_size)
+        elif kind == DEQUANTISED:
+            out = self._dequantised_product(flat)
         else:
             weight, scales_zeros = self._kernel_tensors()
             out = packed_product(flat, weight, scales_zeros, self.bias, group_size=self.group_size)
@@ -170,7 +187,7 @@ class Int4Linear(nn.Module):
         None where it dequantises (out_features not a multiple of 64)."""
         if not is_blocked(self.out_features):
             return None
-        if self._few_row_kernel(1) == Q4_KERNEL:
+        if int4_few_rows.few_row_kernel(self.out_features, self.in_features, self.group_size, 1) == Q4_KERNEL:
             return (functools.partial(q4_product, group_size=self.group_size),
                     (self.qweight, self._q4_table(), self.bias))
         return functools.partial(packed_product, group_size=self.group_size), (*self._kernel_tensors(), self.bias)
@@ -178,3 +195,22 @@ class Int4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+def many_row_kernel(n: int, k: int, group_size: int, rows: int) -> str:
+    """DEQUANTISED, Q4_KERNEL or (up to `many_rows.MID_MAX_ROWS` rows) TORCH_KERNEL for `rows` rows
+    times an [N, K] int4 weight in groups of `group_size` (N a multiple of 64) on this machine."""
+
+    def candidates(timed: int) -> dict:
+        layer = Int4Linear(k, n, group_size, bias=False)
+        layer.qweight.copy_(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8))
+        layer.scales.fill_(0.01)
+        x = torch.randn(timed, k, dtype=torch.bfloat16)
+        table, packed = layer._q4_table(), layer._kernel_tensors()
+        found = {DEQUANTISED: lambda: layer._dequantised_product(x),
+                 Q4_KERNEL: lambda: q4_product(x, layer.qweight, table, None, group_size=group_size)}
+        if timed <= many_rows.MID_MAX_ROWS:
+            found[TORCH_KERNEL] = lambda: packed_product(x, *packed, None, group_size=group_size)
+        return found
+
+    return many_rows.choose("int4-many-rows", f"{n}x{k}/g{group_size}", rows, candidates)
