@@ -118,8 +118,11 @@ def test_the_kernel_choices_are_summed_up_under_the_table() -> None:
     kernels = {"896x896/rows<=1": "compiled-dot", "896x896/rows<=16": "F.linear",
                "4864x896/rows<=1": "compiled-dot", "vision attention h16/n729/d72": "sdpa",
                "int8 one-row 4864x896": "compiled-dot", "int8 many-rows 4304x1152": "int8-activations",
-               "int4 rows=1 4864x896/g128": "q4-kernel", "int4 rows=8 896x4864/g128": "torch-int4"}
+               "int4 rows=1 4864x896/g128": "q4-kernel", "int4 rows=8 896x4864/g128": "torch-int4",
+               "many-rows int4 4864x896/g128/rows=128": "dequantised"}
     text = report.table(_doc(kernels=kernels))
+    assert ("Quantized products on many rows (prompts, the vision tower, the projector): "
+            "int4 4864x896/g128/rows=128: dequantised.") in text
     assert "int4 products (decoding): rows=1 4864x896/g128: q4-kernel; rows=8 896x4864/g128: torch-int4." in text
     assert "F.linear for 1 of 3 shape buckets, compiled-dot for 2 of 3 shape buckets" in text
     assert "Vision tower choices: attention h16/n729/d72: sdpa." in text

@@ -69,6 +69,26 @@ def test_tune_makes_a_quantized_decoders_one_row_choices(tmp_path, monkeypatch, 
     assert len(shapes) == len(lines)  # each shape timed once
 
 
+def test_tune_makes_a_quantized_decoders_many_row_choices(tmp_path, monkeypatch, capsys):
+    """Prompts of each bucket's length: the group-wise int8 products on many rows, timed once per
+    shape and bucket against the few-row kernel run on all rows."""
+    from omnivision.loader import BUNDLED
+    from omnivision.quantize import many_rows
+
+    quantized = tmp_path / "int8-g32"
+    assert main(["quantize", str(BUNDLED), str(quantized), "--scheme", "int8-g32"]) == 0
+    monkeypatch.setenv(TUNING_ENV, "on")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices.json"))
+    monkeypatch.setattr(many_rows, "_chosen", {})
+    capsys.readouterr()
+    assert main(["tune", "--model", str(quantized), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for tokens in (many_rows.MID_TIMED_ROWS, many_rows.MANY_TIMED_ROWS):
+        lines = [line for line in out.splitlines() if line.startswith(f"decoder, {tokens} tokens")]
+        assert lines and all(re.search(rf"int8-g32-many-rows/\d+x\d+/rows={tokens}: (dequantised|q8-kernel) "
+                                       r"\(dequantised \d+, q8-kernel \d+\)", line) for line in lines), out
+
+
 def test_tune_with_timing_off_is_an_error(monkeypatch, capsys):
     monkeypatch.setenv(TUNING_ENV, "off")
     assert main(["tune"]) == 2

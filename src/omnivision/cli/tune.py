@@ -5,8 +5,9 @@ Without it the same choices are made the first time each shape is met (a few sec
 968M, once per machine; `omnivision.kernels.choices`); `tune` moves that cost out of the first
 answer and shows the result: bf16 products on a few rows for every weight shape (the model is
 loaded in bf16), then whatever one image through the vision tower chooses (the precision of its
-attention; int8 activations for a quantized tower) and one token through the decoder (one-row
-products of a quantized decoder).
+attention; int8 activations for a quantized tower), one token through the decoder (one-row
+products of a quantized decoder) and prompts of each many-row bucket's length (a quantized decoder's
+products on many rows, `quantize.many_rows`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omnivision.generation.generate import prefill
 from omnivision.kernels.choices import CHOICES, cache_path, tuning_enabled
 from omnivision.kernels.machine import describe
 from omnivision.model.linear import CHOSEN_DTYPES, FEW_ROWS, ROW_BUCKETS, few_row_kernel
+from omnivision.quantize.many_rows import MANY_TIMED_ROWS, MID_TIMED_ROWS
 
 
 def add_parser(sub, name: str) -> None:
@@ -60,5 +62,9 @@ def run(args: argparse.Namespace) -> int:
         before = set(CHOICES.timings)
         prefill(lm, lm.embed(torch.zeros(1, 1, dtype=torch.long)), None, 1)
         _print_new("decoder, one token", before)
+        for tokens in (MID_TIMED_ROWS, MANY_TIMED_ROWS):
+            before = set(CHOICES.timings)
+            prefill(lm, lm.embed(torch.zeros(1, tokens, dtype=torch.long)), None, tokens)
+            _print_new(f"decoder, {tokens} tokens", before)
     print(f"choices kept in {cache_path()} (few-row products up to {FEW_ROWS} rows; more rows use F.linear)")
     return 0
