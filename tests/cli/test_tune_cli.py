@@ -85,7 +85,7 @@ def test_tune_makes_a_quantized_decoders_many_row_choices(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     for tokens in (many_rows.MID_TIMED_ROWS, many_rows.MANY_TIMED_ROWS):
         lines = [line for line in out.splitlines() if line.startswith(f"decoder, {tokens} tokens")]
-        assert lines and all(re.search(rf"int8-g32-many-rows/\d+x\d+/rows={tokens}: (dequantised|q8-kernel) "
+        assert lines and all(re.search(rf"int8-g32-many-rows/\d+x\d+/bfloat16/rows={tokens}: (dequantised|q8-kernel) "
                                        r"\(dequantised \d+, q8-kernel \d+\)", line) for line in lines), out
 
 

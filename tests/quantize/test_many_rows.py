@@ -48,12 +48,18 @@ def test_each_bucket_is_timed_once_at_its_own_rows(timing):
 
 def test_int4_candidates_per_bucket(timing):
     """torch's int4 kernel competes only in the middle bucket: its cost grows with the rows."""
-    int4_linear.many_row_kernel(128, 256, 64, 20)
-    int4_linear.many_row_kernel(128, 256, 64, 300)
+    int4_linear.many_row_kernel(128, 256, 64, 20, torch.bfloat16)
+    int4_linear.many_row_kernel(128, 256, 64, 300, torch.bfloat16)
     mid, many = timing.timings.values()
     assert set(mid) == {DEQUANTISED, Q4_KERNEL, TORCH_KERNEL} and set(many) == {DEQUANTISED, Q4_KERNEL}
-    int8_group_linear.many_row_kernel(40, 64, 300)
+    int8_group_linear.many_row_kernel(40, 64, 300, torch.float32)
     assert set(list(timing.timings.values())[-1]) == {DEQUANTISED, int8_group_linear.KERNEL}
+    # each activation dtype is timed apart: the float product runs in it
+    int4_linear.many_row_kernel(128, 256, 64, 300, torch.float32)
+    wanted = ["/int4-many-rows/128x256/g64/bfloat16/rows=32", "/int4-many-rows/128x256/g64/bfloat16/rows=128",
+              "/int8-g32-many-rows/40x64/float32/rows=128", "/int4-many-rows/128x256/g64/float32/rows=128"]
+    assert len(timing.timings) == len(wanted)
+    assert all(key.endswith(want) for key, want in zip(timing.timings, wanted)), list(timing.timings)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
@@ -65,7 +71,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [20, 100])
 def test_int4_many_rows_give_the_dequantised_product(kind, dtype, rows, monkeypatch):
-    monkeypatch.setattr(int4_linear, "many_row_kernel", lambda n, k, g, r: kind)
+    monkeypatch.setattr(int4_linear, "many_row_kernel", lambda n, k, g, r, dtype: kind)
     torch.manual_seed(rows)
     linear = nn.Linear(256, 128)
     layer = Int4Linear.from_linear(linear, 64)
@@ -78,7 +84,7 @@ def test_int4_many_rows_give_the_dequantised_product(kind, dtype, rows, monkeypa
 @pytest.mark.parametrize("kind", [DEQUANTISED, int8_group_linear.KERNEL])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_group_many_rows_give_the_dequantised_product(kind, dtype, monkeypatch):
-    monkeypatch.setattr(int8_group_linear, "many_row_kernel", lambda n, k, r: kind)
+    monkeypatch.setattr(int8_group_linear, "many_row_kernel", lambda n, k, r, dtype: kind)
     torch.manual_seed(4)
     layer = Int8GroupLinear.from_linear(nn.Linear(96, 40))
     x = torch.randn(3, 30, 96, dtype=dtype)

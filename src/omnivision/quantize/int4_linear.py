@@ -160,7 +160,7 @@ class Int4Linear(nn.Module):
             return int4_few_rows.few_row_kernel(self.out_features, self.in_features, self.group_size, rows)
         if many_rows.dequantised_products() is None:
             return TORCH_KERNEL if rows <= KERNEL_MAX_ROWS else ROW_BLOCKS
-        return many_row_kernel(self.out_features, self.in_features, self.group_size, rows)
+        return many_row_kernel(self.out_features, self.in_features, self.group_size, rows, x.dtype)
 
     def _dequantised_product(self, flat: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(flat.dtype)
@@ -197,15 +197,16 @@ class Int4Linear(nn.Module):
                 f"group_size={self.group_size}, bias={self.bias is not None}")
 
 
-def many_row_kernel(n: int, k: int, group_size: int, rows: int) -> str:
+def many_row_kernel(n: int, k: int, group_size: int, rows: int, dtype: torch.dtype) -> str:
     """DEQUANTISED, Q4_KERNEL or (up to `many_rows.MID_MAX_ROWS` rows) TORCH_KERNEL for `rows` rows
-    times an [N, K] int4 weight in groups of `group_size` (N a multiple of 64) on this machine."""
+    of `dtype` times an [N, K] int4 weight in groups of `group_size` (N a multiple of 64) on this
+    machine (timed in that dtype: the dequantised product runs in it)."""
 
     def candidates(timed: int) -> dict:
         layer = Int4Linear(k, n, group_size, bias=False)
         layer.qweight.copy_(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8))
         layer.scales.fill_(0.01)
-        x = torch.randn(timed, k, dtype=torch.bfloat16)
+        x = torch.randn(timed, k, dtype=dtype)
         table, packed = layer._q4_table(), layer._kernel_tensors()
         found = {DEQUANTISED: lambda: layer._dequantised_product(x),
                  Q4_KERNEL: lambda: q4_product(x, layer.qweight, table, None, group_size=group_size)}
@@ -213,4 +214,5 @@ def many_row_kernel(n: int, k: int, group_size: int, rows: int) -> str:
             found[TORCH_KERNEL] = lambda: packed_product(x, *packed, None, group_size=group_size)
         return found
 
-    return many_rows.choose("int4-many-rows", f"{n}x{k}/g{group_size}", rows, candidates)
+    return many_rows.choose("int4-many-rows", f"{n}x{k}/g{group_size}/{many_rows.dtype_name(dtype)}", rows,
+                            candidates)

@@ -115,7 +115,7 @@ class Int8GroupLinear(nn.Module):
             return few_row_kernel(self.out_features, self.in_features, rows)
         if many_rows.dequantised_products() is None:
             return DEQUANTISE
-        return many_row_kernel(self.out_features, self.in_features, rows)
+        return many_row_kernel(self.out_features, self.in_features, rows, x.dtype)
 
     def _dequantised_product(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         scales = self.scales if self.scales.dtype in (torch.float16, torch.float32) else self.scales.float()
@@ -166,16 +166,16 @@ def few_row_kernel(n: int, k: int, rows: int) -> str:
     return _chosen[key]
 
 
-def many_row_kernel(n: int, k: int, rows: int) -> str:
-    """DEQUANTISED or KERNEL for `rows` (> KERNEL_MAX_ROWS) rows times an [N, K] group-wise int8
-    weight on this machine."""
+def many_row_kernel(n: int, k: int, rows: int, dtype: torch.dtype) -> str:
+    """DEQUANTISED or KERNEL for `rows` (> KERNEL_MAX_ROWS) rows of `dtype` times an [N, K]
+    group-wise int8 weight on this machine (timed in that dtype)."""
 
     def candidates(timed: int) -> dict:
         layer = Int8GroupLinear(k, n, bias=False, dtype=torch.bfloat16)
         layer.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
         layer.scales.fill_(0.01)
-        x = torch.randn(timed, k, dtype=torch.bfloat16)
+        x = torch.randn(timed, k, dtype=dtype)
         return {DEQUANTISED: lambda: layer._dequantised_product(x, None),
                 KERNEL: lambda: group_product(x, layer.qweight, layer.scales, None)}
 
-    return many_rows.choose("int8-g32-many-rows", f"{n}x{k}", rows, candidates)
+    return many_rows.choose("int8-g32-many-rows", f"{n}x{k}/{many_rows.dtype_name(dtype)}", rows, candidates)

@@ -13,7 +13,8 @@ Candidates (each layer module lists its own):
   their cost grows with the rows, but below a few tens of rows, or where the float product is slow
   (no AMX, no native bf16), they can win.
 
-The choice is timed per machine and shape (`kernels.choices`) in two buckets of rows, up to
+The choice is timed per machine, shape and activation dtype (the float product runs in it: bf16 on
+a CPU without native bf16 is many times slower than fp32) in two buckets of rows, up to
 `MID_MAX_ROWS` (timed at `MID_TIMED_ROWS`) and beyond (timed at `MANY_TIMED_ROWS`); with timing off
 it is `dequantised`, the first candidate.
 """
@@ -40,6 +41,11 @@ _chosen: dict[tuple, str] = {}
 def dequantised_products():
     """`torch.ops.omnivision` with the dequantised products, or None where the C++ kernels are off."""
     return ops()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The activations' dtype in a choice's shape key: `bfloat16`, `float32`."""
+    return str(dtype).removeprefix("torch.")
 
 
 def timed_rows(rows: int) -> int:
