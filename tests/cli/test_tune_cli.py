@@ -52,18 +52,26 @@ def test_tune_also_makes_the_vision_towers_choices(tmp_path, monkeypatch, capsys
                     r"\(sdpa \d+, sdpa-fp32 \d+, bf16-products \d+\)", line)
 
 
-def test_tune_makes_a_quantized_decoders_one_row_choices(tmp_path, monkeypatch, capsys):
+def _tune_quantized(scheme: str, chosen_in, tmp_path, monkeypatch, capsys) -> str:
+    """`omnivision tune` on the bundled model quantized to `scheme`, timing on, with the module
+    `chosen_in`'s choices of this process forgotten; its output."""
     from omnivision.loader import BUNDLED
-    from omnivision.quantize import int8_linear
 
-    quantized = tmp_path / "int8"
-    assert main(["quantize", str(BUNDLED), str(quantized), "--scheme", "int8"]) == 0
+    quantized = tmp_path / scheme
+    assert main(["quantize", str(BUNDLED), str(quantized), "--scheme", scheme]) == 0
     monkeypatch.setenv(TUNING_ENV, "on")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices.json"))
-    monkeypatch.setattr(int8_linear, "_chosen", {})
+    monkeypatch.setattr(chosen_in, "_chosen", {})
     capsys.readouterr()
     assert main(["tune", "--model", str(quantized), "--threads", "1"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decoder, one token")]
+    return capsys.readouterr().out
+
+
+def test_tune_makes_a_quantized_decoders_one_row_choices(tmp_path, monkeypatch, capsys):
+    from omnivision.quantize import int8_linear
+
+    out = _tune_quantized("int8", int8_linear, tmp_path, monkeypatch, capsys)
+    lines = [line for line in out.splitlines() if line.startswith("decoder, one token")]
     shapes = {re.search(r"int8-one-row/(\d+x\d+):", line).group(1) for line in lines}
     assert lines and all(re.search(r": (int8pack_mm|compiled-dot) \(", line) for line in lines)
     assert len(shapes) == len(lines)  # each shape timed once
@@ -72,17 +80,9 @@ def test_tune_makes_a_quantized_decoders_one_row_choices(tmp_path, monkeypatch, 
 def test_tune_makes_a_quantized_decoders_many_row_choices(tmp_path, monkeypatch, capsys):
     """Prompts of each bucket's length: the group-wise int8 products on many rows, timed once per
     shape and bucket against the few-row kernel run on all rows."""
-    from omnivision.loader import BUNDLED
     from omnivision.quantize import many_rows
 
-    quantized = tmp_path / "int8-g32"
-    assert main(["quantize", str(BUNDLED), str(quantized), "--scheme", "int8-g32"]) == 0
-    monkeypatch.setenv(TUNING_ENV, "on")
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "choices.json"))
-    monkeypatch.setattr(many_rows, "_chosen", {})
-    capsys.readouterr()
-    assert main(["tune", "--model", str(quantized), "--threads", "1"]) == 0
-    out = capsys.readouterr().out
+    out = _tune_quantized("int8-g32", many_rows, tmp_path, monkeypatch, capsys)
     for tokens in (many_rows.MID_TIMED_ROWS, many_rows.MANY_TIMED_ROWS):
         lines = [line for line in out.splitlines() if line.startswith(f"decoder, {tokens} tokens")]
         assert lines and all(re.search(rf"int8-g32-many-rows/\d+x\d+/bfloat16/rows={tokens}: (dequantised|q8-kernel) "

@@ -124,7 +124,8 @@ for n, k, columns in [(70, 96, 3), (24, 40, 1), (33, 1000, 1)]:  # group-wise fp
             size = x.double().abs() @ w.abs().t()
             unit = 2 ** -8 if dtype == torch.bfloat16 else eps
             bound = size * k * eps + (want.abs() + bias.double().abs()) * 2 * unit + 1e-6
-            worst_dequantised = max(worst_dequantised, ((got.double() - want - bias.double()).abs() / bound).max().item())
+            error = (got.double() - want - bias.double()).abs()
+            worst_dequantised = max(worst_dequantised, (error / bound).max().item())
 print(json.dumps({"path": cpp_build.compiled_path(), "q4_path": cpp_build.compiled_path("q4"), "worst": worst,
                   "worst_q4": worst4, "dense_path": cpp_build.compiled_path("dense"), "worst_dense": worst_dense,
                   "worst_dequantised": worst_dequantised}))

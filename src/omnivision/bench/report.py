@@ -169,7 +169,8 @@ def table(doc: dict) -> str:
         many = [f"{key.removeprefix('many-rows ')}: {kernel}" for key, kernel in kernels.items()
                 if key.startswith("many-rows ")]
         if many:
-            lines.append("Quantized products on many rows (prompts, the vision tower, the projector): " + "; ".join(many) + ".")
+            lines.append("Quantized products on many rows (prompts, the vision tower, the projector): "
+                         + "; ".join(many) + ".")
     return "\n".join(lines)
 
 
