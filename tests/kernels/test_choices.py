@@ -109,3 +109,18 @@ def test_a_new_candidate_is_timed_against_the_remembered_choice(tmp_path):
     assert later.choose("op", "s", candidates(clock, {"a": 2.0, "b": 1.0}, calls)) == "b" and calls == []
     assert later.choose("op", "s", candidates(clock, {"a": 2.0, "b": 1.0, "c": 0.5}, calls)) == "c"
     assert set(calls) == {"a", "b", "c"}
+
+
+def test_remembered_answers_without_candidates(tmp_path, monkeypatch):
+    """What `choose` would return without timing, from the names alone: None until a choice among
+    exactly those names is kept; with timing off, the first name."""
+    clock, calls = FakeClock(), []
+    kc = KernelChoices(tmp_path / "k.json", clock=clock)
+    assert kc.remembered("op", "s", ["a", "b"]) is None
+    assert kc.choose("op", "s", candidates(clock, {"a": 2.0, "b": 1.0}, calls)) == "b"
+    later = KernelChoices(tmp_path / "k.json", clock=clock)
+    assert later.remembered("op", "s", ["b", "a"]) == "b"
+    assert later.remembered("op", "s", ["a", "b", "c"]) is None  # another set: to be timed
+    assert later.remembered("op", "other", ["a", "b"]) is None
+    monkeypatch.setenv(TUNING_ENV, "off")
+    assert later.remembered("op", "new", ["a", "b"]) == "a"

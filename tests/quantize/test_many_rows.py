@@ -29,7 +29,7 @@ def test_timing_off_takes_the_dequantised_product_without_building_candidates(mo
     def candidates(rows):
         raise AssertionError("built with timing off")
 
-    assert many_rows.choose("op", "8x8", 200, candidates) == DEQUANTISED
+    assert many_rows.choose("op", "8x8", 200, lambda rows: [DEQUANTISED, "other"], candidates) == DEQUANTISED
 
 
 def test_each_bucket_is_timed_once_at_its_own_rows(timing):
@@ -39,11 +39,28 @@ def test_each_bucket_is_timed_once_at_its_own_rows(timing):
         asked.append(rows)
         return {DEQUANTISED: lambda: None, "other": lambda: None}
 
-    first = many_rows.choose("op", "8x8", 9, candidates)
-    assert many_rows.choose("op", "8x8", MID_MAX_ROWS, candidates) == first  # same bucket: not timed again
-    many_rows.choose("op", "8x8", MID_MAX_ROWS + 1, candidates)
+    names = lambda rows: [DEQUANTISED, "other"]  # noqa: E731
+    first = many_rows.choose("op", "8x8", 9, names, candidates)
+    assert many_rows.choose("op", "8x8", MID_MAX_ROWS, names, candidates) == first  # same bucket: not timed again
+    many_rows.choose("op", "8x8", MID_MAX_ROWS + 1, names, candidates)
     assert asked == [many_rows.MID_TIMED_ROWS, many_rows.MANY_TIMED_ROWS]
     assert [key.rsplit("/", 1)[1] for key in timing.timings] == ["rows=32", "rows=128"]
+
+
+def test_a_kept_choice_is_used_without_building_the_candidates(timing, monkeypatch):
+    """A later process reads the choice from disk: building the candidates (a random weight of the
+    layer's shape, a converted copy for torch's kernel) would only cost memory."""
+    names = lambda rows: [DEQUANTISED, "other"]  # noqa: E731
+    chosen = many_rows.choose("op", "8x8", 200, names, lambda rows: {DEQUANTISED: lambda: None, "other": lambda: None})
+    monkeypatch.setattr(many_rows, "_chosen", {})  # a new process, the same file
+
+    def refuse(rows):
+        raise AssertionError("candidates built for a kept choice")
+
+    assert many_rows.choose("op", "8x8", 200, names, refuse) == chosen
+    monkeypatch.setattr(many_rows, "_chosen", {})
+    with pytest.raises(AssertionError, match="built for a kept choice"):  # another set of candidates: timed
+        many_rows.choose("op", "8x8", 200, lambda rows: [DEQUANTISED, "third"], refuse)
 
 
 def test_int4_candidates_per_bucket(timing):

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -77,21 +77,32 @@ class KernelChoices:
         names = list(candidates)
         if not names:
             raise ValueError(f"no candidates for {op}")
-        if len(names) == 1 or not tuning_enabled():
-            return names[0]
+        kept = self.remembered(op, shape, names)
+        if kept is not None:
+            return kept
         key = f"{machine_key()}/{op}/{shape}"
         with self._lock:
-            self._load()
-            known = self._entries.get(key)
-            # kept while the candidates are the ones it was timed among: a new one is timed too
-            if known is not None and known.get("choice") in candidates and set(known.get("median_s", ())) == set(names):
-                return known["choice"]
             medians = self._time(candidates)
             choice = self._fastest(names, medians)
             self._entries[key] = {"choice": choice, "median_s": medians}
             self.timings[key] = medians
             self._save()
         return choice
+
+    def remembered(self, op: str, shape: str, names: Iterable[str]) -> str | None:
+        """What `choose` would return without timing: the first name with timing off or a single
+        name, the kept choice where it was timed among exactly `names`, else None. Callers whose
+        candidates are costly to build (copies of a large weight, converted layouts) ask this first."""
+        names = list(names)
+        if len(names) == 1 or not tuning_enabled():
+            return names[0] if names else None
+        with self._lock:
+            self._load()
+            known = self._entries.get(f"{machine_key()}/{op}/{shape}")
+        # kept while the candidates are the ones it was timed among: a new one is timed too
+        if known is not None and known.get("choice") in names and set(known.get("median_s", ())) == set(names):
+            return known["choice"]
+        return None
 
     def chosen(self, key: str) -> str | None:
         """The candidate kept under a full entry key (as in `timings`), if any."""

@@ -68,6 +68,11 @@ def few_row_kernel(n: int, k: int, group_size: int, rows: int) -> str:
         if not tuning_enabled():
             _chosen[key] = Q4_KERNEL
             return Q4_KERNEL
+        shape = f"{n}x{k}/g{group_size}/rows={rows}"
+        kept = CHOICES.remembered("int4-few-rows", shape, [Q4_KERNEL, TORCH_KERNEL])
+        if kept is not None:  # building the candidates would copy the weight (torch's kernel: converted)
+            _chosen[key] = kept
+            return kept
         with torch.inference_mode(False):  # normal tensors (the layer's caches track versions), also in generate
             layer = Int4Linear(k, n, group_size, bias=False)
             layer.qweight.copy_(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8))
@@ -82,6 +87,5 @@ def few_row_kernel(n: int, k: int, group_size: int, rows: int) -> str:
         def torch_kernel():
             return packed_product(x, *packed(), None, group_size=group_size)
 
-        _chosen[key] = CHOICES.choose("int4-few-rows", f"{n}x{k}/g{group_size}/rows={rows}",
-                                      {Q4_KERNEL: project_kernel, TORCH_KERNEL: torch_kernel})
+        _chosen[key] = CHOICES.choose("int4-few-rows", shape, {Q4_KERNEL: project_kernel, TORCH_KERNEL: torch_kernel})
     return _chosen[key]

@@ -202,17 +202,21 @@ def many_row_kernel(n: int, k: int, group_size: int, rows: int, dtype: torch.dty
     of `dtype` times an [N, K] int4 weight in groups of `group_size` (N a multiple of 64) on this
     machine (timed in that dtype: the dequantised product runs in it)."""
 
+    def names(timed: int) -> list[str]:
+        return [DEQUANTISED, Q4_KERNEL] + ([TORCH_KERNEL] if timed <= many_rows.MID_MAX_ROWS else [])
+
     def candidates(timed: int) -> dict:
         layer = Int4Linear(k, n, group_size, bias=False)
         layer.qweight.copy_(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8))
         layer.scales.fill_(0.01)
         x = torch.randn(timed, k, dtype=dtype)
-        table, packed = layer._q4_table(), layer._kernel_tensors()
+        table = layer._q4_table()
         found = {DEQUANTISED: lambda: layer._dequantised_product(x),
                  Q4_KERNEL: lambda: q4_product(x, layer.qweight, table, None, group_size=group_size)}
-        if timed <= many_rows.MID_MAX_ROWS:
+        if TORCH_KERNEL in names(timed):
+            packed = layer._kernel_tensors()
             found[TORCH_KERNEL] = lambda: packed_product(x, *packed, None, group_size=group_size)
         return found
 
     return many_rows.choose("int4-many-rows", f"{n}x{k}/g{group_size}/{many_rows.dtype_name(dtype)}", rows,
-                            candidates)
+                            names, candidates)

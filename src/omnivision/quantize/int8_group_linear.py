@@ -147,6 +147,10 @@ def few_row_kernel(n: int, k: int, rows: int) -> str:
         if not tuning_enabled():
             _chosen[key] = KERNEL
             return KERNEL
+        kept = CHOICES.remembered("int8-g32-few-rows", f"{n}x{k}/rows={rows}", [KERNEL, DEQUANTISE])
+        if kept is not None:  # building the candidates would copy the weight
+            _chosen[key] = kept
+            return kept
         layer = Int8GroupLinear(k, n, bias=False, dtype=torch.bfloat16)
         layer.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
         layer.scales.fill_(0.01)
@@ -178,4 +182,5 @@ def many_row_kernel(n: int, k: int, rows: int, dtype: torch.dtype) -> str:
         return {DEQUANTISED: lambda: layer._dequantised_product(x, None),
                 KERNEL: lambda: group_product(x, layer.qweight, layer.scales, None)}
 
-    return many_rows.choose("int8-g32-many-rows", f"{n}x{k}/{many_rows.dtype_name(dtype)}", rows, candidates)
+    return many_rows.choose("int8-g32-many-rows", f"{n}x{k}/{many_rows.dtype_name(dtype)}", rows,
+                            lambda timed: [DEQUANTISED, KERNEL], candidates)

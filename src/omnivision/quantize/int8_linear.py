@@ -224,6 +224,10 @@ def one_row_kernel(n: int, k: int) -> str:
     key = ("one-row", n, k, torch.get_num_threads())
     if key not in _chosen:
         dot = compiled("int8") if tuning_enabled() else None
+        kept = None if dot is None else CHOICES.remembered("int8-one-row", f"{n}x{k}", [PACKED, COMPILED_DOT])
+        if kept is not None:  # building the candidates would copy the weight
+            _chosen[key] = kept
+            return kept
         qweight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
         scales = torch.full((n,), 0.01)
         x = torch.randn(1, k, dtype=torch.bfloat16)
@@ -250,6 +254,13 @@ def many_row_kernel(n: int, k: int, dtype: torch.dtype) -> str:
     """DEQUANTISED (DEQUANTISE without the C++ kernels), INT8_ACTIVATIONS or COMPILED_ACTIVATIONS for
     a marked [N, K] layer on many rows on this machine."""
     key = ("many-rows", n, k, dtype, torch.get_num_threads())
+    shape = f"{n}x{k}/{str(dtype).removeprefix('torch.')}"
+    # named apart: a choice timed against torch operators' dequantising is not this one's
+    dequantise = DEQUANTISE if many_rows.dequantised_products() is None else DEQUANTISED
+    if key not in _chosen:  # a kept choice needs no candidates (they copy the weight)
+        for names in ([dequantise, INT8_ACTIVATIONS, COMPILED_ACTIVATIONS], [dequantise, INT8_ACTIVATIONS]):
+            if (kept := CHOICES.remembered("int8-many-rows", shape, names)) is not None:
+                _chosen[key] = kept
     if key not in _chosen:
         layer = Int8Linear(k, n, bias=True, dtype=dtype)
         layer.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
@@ -262,13 +273,11 @@ def many_row_kernel(n: int, k: int, dtype: torch.dtype) -> str:
         def int8_activations():
             return activation_product_out(x, layer.qweight, layer.scales, layer.bias)
 
-        # named apart: a choice timed against torch operators' dequantising is not this one's
-        dequantise = DEQUANTISE if many_rows.dequantised_products() is None else DEQUANTISED
         candidates = {dequantise: dequantised, INT8_ACTIVATIONS: int8_activations}
         compiled_fn = _compiled_activations() if tuning_enabled() else None
         if compiled_fn is not None and _compiles_right(compiled_fn, int8_activations(), x, layer):
             candidates[COMPILED_ACTIVATIONS] = lambda: compiled_fn(x, layer.qweight, layer.scales, layer.bias)
-        _chosen[key] = CHOICES.choose("int8-many-rows", f"{n}x{k}/{str(dtype).removeprefix('torch.')}", candidates)
+        _chosen[key] = CHOICES.choose("int8-many-rows", shape, candidates)
     return _chosen[key]
 
 

@@ -53,17 +53,22 @@ def timed_rows(rows: int) -> int:
     return MID_TIMED_ROWS if rows <= MID_MAX_ROWS else MANY_TIMED_ROWS
 
 
-def choose(op: str, shape: str, rows: int,
+def choose(op: str, shape: str, rows: int, names: Callable[[int], list[str]],
            candidates: Callable[[int], Mapping[str, Callable[[], object]]]) -> str:
-    """The candidate to run for `rows` rows of `op` on `shape` here: `candidates(timed rows)` gives
-    the timed callables, `DEQUANTISED` first (only asked when timing is on)."""
+    """The candidate to run for `rows` rows of `op` on `shape` here. `names(timed rows)` lists the
+    candidates, `DEQUANTISED` first; `candidates(timed rows)` builds them for timing, which only
+    happens where no choice among those names is kept (building copies a weight of the shape)."""
     timed = timed_rows(rows)
     key = (op, shape, timed, torch.get_num_threads())
     if key not in _chosen:
         if not tuning_enabled():
             return DEQUANTISED
-        with torch.inference_mode(False):  # normal tensors for the layers' caches, also under generate
-            timed_candidates = candidates(timed)
-        with torch.inference_mode():
-            _chosen[key] = CHOICES.choose(op, f"{shape}/rows={timed}", timed_candidates)
+        entry = f"{shape}/rows={timed}"
+        kept = CHOICES.remembered(op, entry, names(timed))
+        if kept is None:
+            with torch.inference_mode(False):  # normal tensors for the layers' caches, also under generate
+                timed_candidates = candidates(timed)
+            with torch.inference_mode():
+                kept = CHOICES.choose(op, entry, timed_candidates)
+        _chosen[key] = kept
     return _chosen[key]
