@@ -192,8 +192,8 @@ class Int8Linear(nn.Module):
     def _dequantised(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [..., K] @ the dequantised weight^T (+ bias) -> [..., N]: on the C++ loops where they
         build (CPU, fp32 / bf16), else slice by slice with torch operators."""
-        products = many_rows.dequantised_products()
-        if products is None or x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES:
+        products = None if x.device.type != "cpu" else many_rows.dequantised_products()
+        if products is None or x.dtype not in _KERNEL_DTYPES:
             return linear_in_row_blocks(x, self.out_features, lambda a, b: self._rows_between(a, b, x.dtype), bias)
         scales = self.scales if self.scales.dtype == torch.float32 else self.scales.float()
         out = products.q8_dequantized_linear(x.reshape(-1, self.in_features), self.qweight, scales[:, None], bias)
@@ -254,30 +254,31 @@ def many_row_kernel(n: int, k: int, dtype: torch.dtype) -> str:
     """DEQUANTISED (DEQUANTISE without the C++ kernels), INT8_ACTIVATIONS or COMPILED_ACTIVATIONS for
     a marked [N, K] layer on many rows on this machine."""
     key = ("many-rows", n, k, dtype, torch.get_num_threads())
+    if key in _chosen:
+        return _chosen[key]
     shape = f"{n}x{k}/{str(dtype).removeprefix('torch.')}"
     # named apart: a choice timed against torch operators' dequantising is not this one's
     dequantise = DEQUANTISE if many_rows.dequantised_products() is None else DEQUANTISED
-    if key not in _chosen:  # a kept choice needs no candidates (they copy the weight)
-        for names in ([dequantise, INT8_ACTIVATIONS, COMPILED_ACTIVATIONS], [dequantise, INT8_ACTIVATIONS]):
-            if (kept := CHOICES.remembered("int8-many-rows", shape, names)) is not None:
-                _chosen[key] = kept
-    if key not in _chosen:
-        layer = Int8Linear(k, n, bias=True, dtype=dtype)
-        layer.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
-        layer.scales.fill_(0.01)
-        x = torch.randn(ACTIVATION_TIMED_ROWS, k, dtype=dtype)
+    for names in ([dequantise, INT8_ACTIVATIONS, COMPILED_ACTIVATIONS], [dequantise, INT8_ACTIVATIONS]):
+        if (kept := CHOICES.remembered("int8-many-rows", shape, names)) is not None:
+            _chosen[key] = kept  # a kept choice needs no candidates (they copy the weight)
+            return kept
+    layer = Int8Linear(k, n, bias=True, dtype=dtype)
+    layer.qweight.copy_(torch.randint(-127, 128, (n, k), dtype=torch.int8))
+    layer.scales.fill_(0.01)
+    x = torch.randn(ACTIVATION_TIMED_ROWS, k, dtype=dtype)
 
-        def dequantised():
-            return layer._dequantised(x, layer.bias)
+    def dequantised():
+        return layer._dequantised(x, layer.bias)
 
-        def int8_activations():
-            return activation_product_out(x, layer.qweight, layer.scales, layer.bias)
+    def int8_activations():
+        return activation_product_out(x, layer.qweight, layer.scales, layer.bias)
 
-        candidates = {dequantise: dequantised, INT8_ACTIVATIONS: int8_activations}
-        compiled_fn = _compiled_activations() if tuning_enabled() else None
-        if compiled_fn is not None and _compiles_right(compiled_fn, int8_activations(), x, layer):
-            candidates[COMPILED_ACTIVATIONS] = lambda: compiled_fn(x, layer.qweight, layer.scales, layer.bias)
-        _chosen[key] = CHOICES.choose("int8-many-rows", shape, candidates)
+    candidates = {dequantise: dequantised, INT8_ACTIVATIONS: int8_activations}
+    compiled_fn = _compiled_activations() if tuning_enabled() else None
+    if compiled_fn is not None and _compiles_right(compiled_fn, int8_activations(), x, layer):
+        candidates[COMPILED_ACTIVATIONS] = lambda: compiled_fn(x, layer.qweight, layer.scales, layer.bias)
+    _chosen[key] = CHOICES.choose("int8-many-rows", shape, candidates)
     return _chosen[key]
 
 
