@@ -1,4 +1,6 @@
-"""`linear_in_row_blocks`: a quantized layer's product on many rows, dequantising its weight in slices.
+"""`linear_in_row_blocks`: a quantized layer's product on many rows, dequantising its weight in slices
+with torch operators: the fallback where this project's C++ loops (`quantize.many_rows`) do not run
+(no compiler, other devices, other dtypes), about five times slower than they are on the CPU.
 
 A prompt or the 729-token vision tower runs faster on AMX bf16 products than through the packed
 low-bit kernels, but dequantising a whole weight first would put a full-precision copy of it in
