@@ -27,6 +27,7 @@ from omnivision.train.recipe_nano import (
     pair_sources,
     pretrain_tower,
     run_nano,
+    stage2_config,
 )
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None  # the curves are skipped without it
@@ -36,6 +37,22 @@ def test_nano_config_gives_one_token_per_scene_cell():
     config = nano_config(256)
     assert config.vision.grid == 9 and config.projector.compression == "spatial3x3"
     assert config.num_image_tokens == 9
+
+
+def test_stage2_config_is_the_recipes_stage_2(tmp_path):
+    # what `run_nano` and `scripts/nano_spread.py` both run: the recipe's stage-2 settings, scaled
+    cfg = NanoConfig(sft_steps=1000, scale=0.5, sft_lr=4e-4, sft_language_lr_scale=0.5, seed=7,
+                     sft_trainable=("projector", "language"), sft_feature_cache=True, sft_group_by_length=8)
+    sft = stage2_config(cfg, tmp_path / "data", tmp_path / "align", tmp_path / "runs")
+    assert (sft.model, sft.data, sft.images) == (str(tmp_path / "align"), str(tmp_path / "data" / "sft.json"),
+                                                 str(tmp_path / "data"))
+    assert sft.trainable == ["projector", "language"] and sft.cache_images
+    assert sft.feature_cache == str(tmp_path / "runs" / "features")
+    train = sft.train
+    assert (train.out_dir, train.steps, train.lr, train.warmup_steps) == (str(tmp_path / "runs" / "sft"), 500, 4e-4, 50)
+    assert (train.lr_scales, train.group_by_length, train.seed) == ({"language": 0.5}, 8, 7)
+    default = stage2_config(NanoConfig(), tmp_path, tmp_path, tmp_path)
+    assert default.train.lr_scales == {} and default.feature_cache == "" and default.trainable == ["language"]
 
 
 def test_every_cell_of_a_shapes_scene_is_named_with_its_place(tmp_path):

@@ -25,8 +25,8 @@ def workspace(tmp_path_factory, make_workspace):
     return make_workspace(tmp_path_factory.mktemp("recipes"), 16, 3)
 
 
-def _train(out, steps=3, **kw) -> TrainConfig:
-    return TrainConfig(out_dir=str(out), steps=steps, batch_size=4, lr=1e-2, progress=False, precision="fp32",
+def _train(out, steps=3, precision="fp32", **kw) -> TrainConfig:
+    return TrainConfig(out_dir=str(out), steps=steps, batch_size=4, lr=1e-2, progress=False, precision=precision,
                        distributed="none", log_every=1, **kw)
 
 
@@ -63,24 +63,30 @@ def test_sft_learns_the_chosen_parts_and_lowers_the_loss(workspace):
     assert result.steps == 12
 
 
-def test_sft_on_cached_features_trains_as_on_pixels(workspace, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sft_on_cached_features_trains_as_on_pixels(workspace, capsys, precision):
+    # the cache computes the tower as a step does (autocast, attention kernels): the same training,
+    # bit for bit, with the tower skipped
     data = workspace / "data"
 
     def sft(out, **kw):
         run_sft(SFTConfig(model=str(workspace / "start"), data=str(data / "sft.json"), images=str(data),
-                          train=_train(workspace / out, steps=6), **kw))
-        return [json.loads(line)["loss"] for line in (workspace / out / "metrics.jsonl").read_text().splitlines()]
+                          train=_train(workspace / f"{out}-{precision}", steps=6, precision=precision), **kw))
+        return [json.loads(line)["loss"]
+                for line in (workspace / f"{out}-{precision}" / "metrics.jsonl").read_text().splitlines()]
 
+    cache = str(workspace / f"sft-cache-{precision}")
     on_pixels = sft("sft-pixels")
-    on_features = sft("sft-features", feature_cache=str(workspace / "sft-cache"))
+    on_features = sft("sft-features", feature_cache=cache)
     assert "vision features: 16 computed, 0 reused" in capsys.readouterr().out
-    assert on_features == pytest.approx(on_pixels, rel=1e-4)  # the same training, the tower skipped
-    pixels, features = _state(workspace / "sft-pixels" / "model"), _state(workspace / "sft-features" / "model")
-    assert all(torch.allclose(pixels[k], features[k], atol=1e-4) for k in pixels)  # Adam after 6 steps
-    sft("sft-features-again", feature_cache=str(workspace / "sft-cache"))
+    assert on_features == on_pixels
+    pixels = _state(workspace / f"sft-pixels-{precision}" / "model")
+    features = _state(workspace / f"sft-features-{precision}" / "model")
+    assert all(torch.equal(pixels[k], features[k]) for k in pixels)
+    sft("sft-features-again", feature_cache=cache)
     assert "vision features: 0 computed, 16 reused" in capsys.readouterr().out
     with pytest.raises(ValueError, match="frozen vision tower"):
-        sft("sft-vision", feature_cache=str(workspace / "sft-cache"), trainable=["vision", "language"])
+        sft("sft-vision", feature_cache=cache, trainable=["vision", "language"])
 
 
 def test_make_pairs_with_the_oracle_then_dpo(workspace, capsys):

@@ -39,8 +39,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -418,6 +418,15 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return torch.bfloat16 if device.type == "cpu" and native is not None and native() else None
+
+
+@contextmanager
+def step_numerics(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """The autocast and attention kernels under which a step of a run with `cfg` computes on `device`,
+    for code that must give what a step would (the SFT feature cache)."""
+    amp = autocast_dtype(cfg, device)
+    with attention_backend(device), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        yield
 
 
 def attention_backend(device: torch.device):

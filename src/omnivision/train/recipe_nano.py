@@ -349,6 +349,17 @@ def stage3(cfg: NanoConfig, data: Path, stage2_dir: Path, out: Path, stage2: Omn
     return out / "runs" / "dpo" / "model", {"kept": len(kept), "dropped": dropped}
 
 
+def stage2_config(cfg: NanoConfig, data: Path, start: Path, runs: Path) -> SFTConfig:
+    """Stage 2 as the recipe runs it: from the stage-1 model `start`, on `data`'s conversations, into
+    `runs / "sft"` (the feature cache, when on, in `runs / "features"`)."""
+    scales = {"language": cfg.sft_language_lr_scale} if cfg.sft_language_lr_scale != 1 else {}
+    train = dataclasses.replace(_train_cfg(cfg, runs / "sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, warmup=50),
+                                lr_scales=scales, group_by_length=cfg.sft_group_by_length)
+    return SFTConfig(model=str(start), data=str(data / "sft.json"), images=str(data), train=train,
+                     trainable=list(cfg.sft_trainable), cache_images=True,
+                     feature_cache=str(runs / "features") if cfg.sft_feature_cache else "")
+
+
 def run_nano(cfg: NanoConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -396,13 +407,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     report["stages"]["1-align"] = evaluate(load(out / "runs" / "align" / "model", dtype="float32"), held_out)
     lap("stage 1")
 
-    scales = {"language": cfg.sft_language_lr_scale} if cfg.sft_language_lr_scale != 1 else {}
-    run_sft(SFTConfig(model=str(out / "runs" / "align" / "model"), data=str(data / "sft.json"), images=str(data),
-                      train=dataclasses.replace(
-                          _train_cfg(cfg, out / "runs" / "sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, warmup=50),
-                          lr_scales=scales, group_by_length=cfg.sft_group_by_length),
-                      trainable=list(cfg.sft_trainable), cache_images=True,
-                      feature_cache=str(out / "runs" / "features") if cfg.sft_feature_cache else ""))
+    run_sft(stage2_config(cfg, data, out / "runs" / "align" / "model", out / "runs"))
     stage2 = load(out / "runs" / "sft" / "model", dtype="float32")
     report["stages"]["2-sft"] = evaluate(stage2, held_out)
     lap("stage 2")

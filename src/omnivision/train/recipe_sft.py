@@ -59,8 +59,9 @@ class SFTConfig:
     """Folder for the vision tower's features, computed once per image and kept on disk by image
     content (`train/feature_cache.py`): the steps then run the projector and the decoder only, and a
     later run on the same images and tower reuses them. Only with the tower frozen (`vision` not in
-    `trainable`). Empty: the tower runs in every step, under the training's autocast (cached
-    features are computed in the model's dtype, float32)."""
+    `trainable`). The features are computed under the training's autocast, as the tower computes
+    them inside a step, so on the CPU a cached run trains on the same numbers as an uncached one,
+    faster. Empty: the tower runs in every step."""
 
 
 @dataclass
@@ -100,7 +101,8 @@ def _collate(cfg: SFTConfig, vlm, conversations) -> Callable[[list[SFTItem]], Ba
         return image_collate(ImageLoader(vlm.config, cfg.images, cfg.cache_images), pad_id)
     if "vision" in cfg.trainable:
         raise ValueError("feature_cache needs a frozen vision tower, but 'vision' is in trainable")
-    cache = FeatureCache(cfg.feature_cache, vlm.model, ImageLoader(vlm.config, cfg.images, cache=False))
+    cache = FeatureCache(cfg.feature_cache, vlm.model, ImageLoader(vlm.config, cfg.images, cache=False),
+                         step=cfg.train)
     features = cache.features([c.image for c in conversations if c.image is not None])
     print(f"vision features: {cache.computed} computed, {cache.reused} reused from {cfg.feature_cache}")
     return feature_collate(features, pad_id)

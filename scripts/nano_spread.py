@@ -1,0 +1,107 @@
+"""How much stage 2 of the nano recipe depends on the order of its batches, and when it learns what.
+
+    python scripts/nano_spread.py RUN --seeds 2 3 [--every 900] [--out DIR] [key=value ...]
+
+RUN is a folder written by `omnivision train recipe nano` (its `data/`, `eval-data/` and stage-1
+model `runs/align/model`). For each seed the script runs the recipe's stage 2 from that stage-1
+model, changing only the seed of the batch order (`TrainConfig.seed`; the recipe uses its own
+`seed`), keeps a checkpoint every `--every` steps, and scores each checkpoint on the held-out
+questions, one per conversation as the recipe's evaluation asks them: accuracy per question kind,
+and colour on scenes of one object alone (where no lookup among tokens is needed, only reading the
+colour). After the last checkpoint it prints which colours the final model says for which, so the
+errors show as near misses (red, orange, yellow) or as noise. `key=value` pairs override
+`NanoConfig` fields for stage 2 (`sft_lr=2.5e-4`, `sft_steps=2700`, ...), the way the recipe's
+command line does.
+
+A seed whose folder already holds a final model is scored again, not retrained, so runs can be
+split over processes (`--seeds 2` in one, `--seeds 3` in another, each with `--threads 1`) and the
+table printed afterwards from all of them. Results go to OUT/seed-N/curve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from omnivision.data.formats import read_qa
+from omnivision.loader import load
+from omnivision.train.checkpoint import complete_checkpoints
+from omnivision.train.config import load_config
+from omnivision.train.recipe_nano import NanoConfig, stage2_config
+from omnivision.train.recipe_sft import run_sft
+
+KINDS = ("color", "shape", "count", "position", "chart")
+
+
+def score(model: Path, data: Path, scenes: dict[str, dict]) -> dict:
+    """Held-out accuracy per kind, colour of lone objects, and the colour confusions of `model`."""
+    vlm = load(model, dtype="float32")
+    items = [q for q in read_qa(data / "qa.jsonl") if q.qtype in KINDS]
+    answers: list[str] = []
+    for start in range(0, len(items), 64):
+        chunk = items[start:start + 64]
+        answers += vlm.answer_batch([data / q.image for q in chunk], [q.question for q in chunk],
+                                    max_new_tokens=16)
+    right, total, confusions = Counter(), Counter(), Counter()
+    for q, a in zip(items, answers):
+        said = a.strip().rstrip(".").lower()
+        kinds = [q.qtype]
+        if q.qtype == "color" and len(scenes[q.image].get("objects", ())) == 1:
+            kinds.append("color, one object")
+        if q.qtype == "color":
+            confusions[q.answer.lower(), said] += 1
+        for kind in kinds:
+            right[kind] += said == q.answer.lower()
+            total[kind] += 1
+    table = {kind: 100 * right[kind] / total[kind] for kind in total}
+    table["overall"] = 100 * sum(right[k] for k in KINDS) / sum(total[k] for k in KINDS)
+    return {"accuracy": table, "colour_confusions": [[t, s, n] for (t, s), n in sorted(confusions.items())]}
+
+
+def train_seed(cfg: NanoConfig, run: Path, out: Path, seed: int, every: int) -> None:
+    """Stage 2 from RUN's stage-1 model with batch-order seed `seed`, a checkpoint every `every` steps."""
+    sft = stage2_config(cfg, run / "data", run / "runs" / "align" / "model", out)
+    sft.train = dataclasses.replace(sft.train, seed=seed, save_every=every, keep_last=1_000)
+    run_sft(sft)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--every", type=int, default=900, help="steps between scored checkpoints")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN/spread")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="NanoConfig key=value for stage 2")
+    args = p.parse_intermixed_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(NanoConfig, None, args.overrides)
+    out = args.out or args.run / "spread"
+    data = args.run / "eval-data"
+    scenes = {s["image"]: s for s in map(json.loads, (data / "scenes.jsonl").read_text().splitlines())}
+    for seed in args.seeds:
+        folder = out / f"seed-{seed}"
+        if not (folder / "sft" / "model").is_dir():
+            train_seed(cfg, args.run, folder, seed, args.every)
+        curve = {}
+        for checkpoint in complete_checkpoints(folder / "sft" / "checkpoints"):
+            curve[int(checkpoint.name.split("_")[1])] = score(checkpoint / "model", data, scenes)
+        (folder / "curve.json").write_text(json.dumps({"overrides": args.overrides, "curve": curve}, indent=1))
+        print(f"seed {seed}" + (f" ({' '.join(args.overrides)})" if args.overrides else ""))
+        print(f"{'step':>6}" + "".join(f"{k:>18}" for k in ("overall", *KINDS, "color, one object")))
+        for step, result in curve.items():
+            acc = result["accuracy"]
+            print(f"{step:>6}" + "".join(f"{acc.get(k, 0):18.1f}" for k in ("overall", *KINDS, "color, one object")))
+        final = curve[max(curve)]["colour_confusions"]
+        print("final colour answers (true -> said: count): "
+              + ", ".join(f"{t}->{s}: {n}" for t, s, n in final if t != s))
+
+
+if __name__ == "__main__":
+    main()
