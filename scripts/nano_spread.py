@@ -6,16 +6,18 @@ RUN is a folder written by `omnivision train recipe nano` (its `data/`, `eval-da
 model `runs/align/model`). For each seed the script runs the recipe's stage 2 from that stage-1
 model, changing only the seed of the batch order (`TrainConfig.seed`; the recipe uses its own
 `seed`), keeps a checkpoint every `--every` steps, and scores each checkpoint on the held-out
-questions, one per conversation as the recipe's evaluation asks them: accuracy per question kind,
+questions, one per conversation as the recipe's evaluation asks and scores them (so the last
+checkpoint's figures are the ones the recipe's report would give): accuracy per question kind,
 and colour on scenes of one object alone (where no lookup among tokens is needed, only reading the
 colour). After the last checkpoint it prints which colours the final model says for which, so the
 errors show as near misses (red, orange, yellow) or as noise. `key=value` pairs override
 `NanoConfig` fields for stage 2 (`sft_lr=2.5e-4`, `sft_steps=2700`, ...), the way the recipe's
 command line does.
 
-A seed whose folder already holds a final model is scored again, not retrained, so runs can be
-split over processes (`--seeds 2` in one, `--seeds 3` in another, each with `--threads 1`) and the
-table printed afterwards from all of them. Results go to OUT/seed-N/curve.json.
+A seed whose folder already holds a final model is scored again, not retrained (`--score-only`:
+whatever checkpoints an unfinished run left), so runs can be split over processes (`--seeds 2` in
+one, `--seeds 3` in another, each with `--threads 1`) and the table printed afterwards from all of
+them. Results go to OUT/seed-N/curve.json.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from omnivision.data.answer_rule import is_correct, normalise
 from omnivision.data.formats import read_qa
 from omnivision.loader import load
 from omnivision.train.checkpoint import complete_checkpoints
@@ -35,32 +38,32 @@ from omnivision.train.config import load_config
 from omnivision.train.recipe_nano import NanoConfig, stage2_config
 from omnivision.train.recipe_sft import run_sft
 
-KINDS = ("color", "shape", "count", "position", "chart")
+COLUMNS = ("overall", "color", "shape", "count", "position", "chart", "color, one object")
 
 
 def score(model: Path, data: Path, scenes: dict[str, dict]) -> dict:
-    """Held-out accuracy per kind, colour of lone objects, and the colour confusions of `model`."""
+    """Held-out accuracy per kind (the recipe's rule and batches, so a final checkpoint scores as the
+    recipe's report does), colour of lone objects, and the colour confusions of `model`."""
     vlm = load(model, dtype="float32")
-    items = [q for q in read_qa(data / "qa.jsonl") if q.qtype in KINDS]
+    items = read_qa(data / "qa.jsonl")
     answers: list[str] = []
-    for start in range(0, len(items), 64):
-        chunk = items[start:start + 64]
+    for start in range(0, len(items), 32):
+        chunk = items[start:start + 32]
         answers += vlm.answer_batch([data / q.image for q in chunk], [q.question for q in chunk],
-                                    max_new_tokens=16)
+                                    max_new_tokens=32)
     right, total, confusions = Counter(), Counter(), Counter()
     for q, a in zip(items, answers):
-        said = a.strip().rstrip(".").lower()
-        kinds = [q.qtype]
-        if q.qtype == "color" and len(scenes[q.image].get("objects", ())) == 1:
-            kinds.append("color, one object")
+        ok = is_correct(a, q.answer, q.qtype)
+        kinds = [q.qtype, "overall"]
         if q.qtype == "color":
-            confusions[q.answer.lower(), said] += 1
+            confusions[q.answer, normalise(a)] += 1
+            if len(scenes[q.image].get("objects", ())) == 1:
+                kinds.append("color, one object")
         for kind in kinds:
-            right[kind] += said == q.answer.lower()
+            right[kind] += ok
             total[kind] += 1
-    table = {kind: 100 * right[kind] / total[kind] for kind in total}
-    table["overall"] = 100 * sum(right[k] for k in KINDS) / sum(total[k] for k in KINDS)
-    return {"accuracy": table, "colour_confusions": [[t, s, n] for (t, s), n in sorted(confusions.items())]}
+    return {"accuracy": {kind: 100 * right[kind] / total[kind] for kind in total},
+            "colour_confusions": [[t, s, n] for (t, s), n in sorted(confusions.items())]}
 
 
 def train_seed(cfg: NanoConfig, run: Path, out: Path, seed: int, every: int) -> None:
@@ -77,6 +80,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=900, help="steps between scored checkpoints")
     p.add_argument("--out", type=Path, default=None, help="default: RUN/spread")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--score-only", action="store_true", help="score the checkpoints there are, train nothing")
     p.add_argument("overrides", nargs="*", help="NanoConfig key=value for stage 2")
     args = p.parse_intermixed_args()
     if args.threads:
@@ -87,17 +91,17 @@ def main() -> None:
     scenes = {s["image"]: s for s in map(json.loads, (data / "scenes.jsonl").read_text().splitlines())}
     for seed in args.seeds:
         folder = out / f"seed-{seed}"
-        if not (folder / "sft" / "model").is_dir():
+        if not args.score_only and not (folder / "sft" / "model").is_dir():
             train_seed(cfg, args.run, folder, seed, args.every)
         curve = {}
         for checkpoint in complete_checkpoints(folder / "sft" / "checkpoints"):
             curve[int(checkpoint.name.split("_")[1])] = score(checkpoint / "model", data, scenes)
         (folder / "curve.json").write_text(json.dumps({"overrides": args.overrides, "curve": curve}, indent=1))
         print(f"seed {seed}" + (f" ({' '.join(args.overrides)})" if args.overrides else ""))
-        print(f"{'step':>6}" + "".join(f"{k:>18}" for k in ("overall", *KINDS, "color, one object")))
+        print(f"{'step':>6}" + "".join(f"{k:>18}" for k in COLUMNS))
         for step, result in curve.items():
             acc = result["accuracy"]
-            print(f"{step:>6}" + "".join(f"{acc.get(k, 0):18.1f}" for k in ("overall", *KINDS, "color, one object")))
+            print(f"{step:>6}" + "".join(f"{acc.get(k, 0):18.1f}" for k in COLUMNS))
         final = curve[max(curve)]["colour_confusions"]
         print("final colour answers (true -> said: count): "
               + ", ".join(f"{t}->{s}: {n}" for t, s, n in final if t != s))

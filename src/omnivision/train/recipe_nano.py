@@ -111,13 +111,13 @@ class NanoConfig:
     0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
     (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model)."""
     sft_feature_cache: bool = False
-    """Stage 2 reads the frozen tower's features from a cache computed once per image, in float32
-    (`SFTConfig.feature_cache`), instead of running the tower in every step under bf16 autocast.
-    1.41x the steps per second in a paired measurement (README, Training), but the numbers differ
-    from the tower's in-step ones by about 1 %, and that was enough to lose colour: from the
-    bundled run's stage-1 model, on the same data in the same order, stage 2 answered 69.6 %
-    held-out (colour 47.5) against the bundled run's 81.0 (81.7); without the cache, another order
-    of the batches did the same (72.5, colour 52.1; AMD EPYC, 2026-12-06): colour is a coin toss."""
+    """Stage 2 reads the frozen tower's features from a cache computed once per image under the
+    step's autocast and attention kernels (`SFTConfig.feature_cache`), instead of running the tower
+    in every step: the same training bit for bit on the CPU, faster where the tower is costly (the
+    AMD EPYC: 1.41x the steps per second, measured with an earlier float32 cache; the AMX Xeon: no
+    gain, 123 against 117-122 conversations a second). Off by default: a run's features then take no
+    disk (about 260 MB for the recipe's 8,000 scenes). Before 2026-12-06 the cache held float32
+    features that differed from a step's by about 0.1 %, so its runs were other draws of stage 2."""
     sft_questions: str = "one"
     """What stage 2's conversations ask of each training scene (`generate_shapes_dataset`): "one"
     question of each kind, or "every" question (each object's colour, shape and place). From the
