@@ -47,7 +47,9 @@ class FeatureCache:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.model, self.loader, self.batch, self.step = model, loader, batch, step
-        numerics = "" if step is None else f"as a step: autocast {autocast_dtype(step, model.device)}, math attention"
+        # what `step_numerics` depends on: the autocast dtype and the device (its attention kernels)
+        amp = None if step is None else autocast_dtype(step, model.device)
+        numerics = "" if step is None else f"as a step on {model.device.type}: autocast {amp}"
         self.fingerprint = tower_fingerprint(model, numerics)
         self.computed = 0
         self.reused = 0
