@@ -37,6 +37,19 @@ def test_image_splice_changes_the_logits(tiny_model, tiny_config):
     assert torch.allclose(a[0, 0], b[0, 0])  # positions before the image cannot see it
 
 
+def test_logits_at_gives_the_chosen_positions_rows(tiny_model, tiny_config):
+    k = tiny_config.num_image_tokens
+    image = [tiny_config.image_token_id] * k
+    ids = torch.tensor([[5] + image + [7, 8], [9] + image + [4, 3]])
+    pixels = torch.randn(2, 3, 84, 84)
+    at = torch.zeros(ids.shape, dtype=torch.bool)
+    at[0, -2], at[1, 0], at[1, -1] = True, True, True
+    full = tiny_model(ids, pixel_values=pixels)  # [B, T, V]
+    rows = tiny_model(ids, pixel_values=pixels, logits_at=at)  # [3, V], row-major
+    assert rows.shape == (3, full.shape[-1])
+    torch.testing.assert_close(rows, torch.stack([full[0, -2], full[1, 0], full[1, -1]]))
+
+
 @pytest.mark.parametrize("image_size,patch_size,compression,tokens", [
     (84, 14, "concat9", 4), (42, 14, "concat9", 1), (126, 14, "spatial3x3", 9), (84, 14, "none", 36),
     (60, 4, "concat9", 25),  # 15x15 = 225 patches: divisible by 9 with an odd grid side
@@ -96,3 +109,12 @@ def test_init_gives_the_siglip_position_table_its_own_scale(tiny_config):
     words = model.language.model.embed_tokens.weight
     for other in (conv, words):
         assert abs(other.std().item() - 0.02) < 0.002
+
+
+def test_set_compiled_stays_eager_with_a_warning_where_torch_compile_cannot_build(tiny_model, monkeypatch):
+    from omnivision.model import omnivision
+
+    monkeypatch.setattr(omnivision, "_compile_problem", lambda device: "CppCompileError: no g++")
+    with pytest.warns(UserWarning, match="eager decoder: torch.compile failed .*no g\\+\\+"):
+        tiny_model.set_compiled(True)
+    assert "forward" not in tiny_model.language.__dict__

@@ -217,6 +217,47 @@ def test_gradient_checkpointing_on_the_tiny_model_changes_nothing(tiny_config, t
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
 
 
+@pytest.mark.long
+def test_compiled_decoder_trains_as_the_eager_one_and_is_eager_again_after(tiny_config, tmp_path):
+    """`compile`: the steps run the compiled decoder (batches of changing length on one dynamic
+    graph), the update is the eager one up to float rounding, and the model leaves `train` eager."""
+    from omnivision.model import OmniVisionModel, init_weights
+
+    c = tiny_config
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 200, (n,), generator=g) for n in (6, 9, 11, 7, 13, 8, 10, 12)]
+    compiled_in_steps = []
+
+    class Text:
+        def loss(self, m, ids):
+            compiled_in_steps.append("forward" in m.language.__dict__)
+            logits = m(ids)  # [B, T, V]
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()), {}
+
+    def collate(items):  # cut to the shortest: every batch has its own length
+        n = min(len(i) for i in items)
+        return torch.stack([i[:n] for i in items])
+
+    models, losses = [], []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = OmniVisionModel(c)
+        init_weights(model, std=0.1)
+        cfg = TrainConfig(out_dir=str(tmp_path / str(on)), steps=6, batch_size=2, lr=1e-2, log_every=1,
+                          compile=on, precision="fp32", device="cpu", progress=False)
+        result = train(model, Text(), data, collate, cfg, trainable=lambda m: list(m.language.named_parameters()))
+        models.append(model)
+        losses.append([json.loads(line)["loss"] for line in result.metrics_path.read_text().splitlines()])
+    assert compiled_in_steps == [False] * 6 + [True] * 6
+    assert "forward" not in models[1].language.__dict__  # eager again
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    # outputs, not weights: the keys' biases get gradients of rounding noise only (softmax ignores a
+    # constant per query), which AdamW turns into full-size steps of either sign
+    probe = torch.randint(0, 200, (2, 9), generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(models[1](probe), models[0](probe), rtol=1e-4, atol=1e-4)
+
+
 def test_group_by_length_batches_similar_samples_and_needs_their_lengths(toy, tmp_path, fp32_cfg):
     data = toy.make_dataset(n=48)
     index = {id(item): i for i, item in enumerate(data)}

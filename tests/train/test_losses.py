@@ -14,8 +14,10 @@ from omnivision.train.losses import (
     label_counts,
     lm_loss,
     lm_loss_sum,
+    next_token_targets,
     sequence_logps,
     siglip_loss,
+    token_loss,
 )
 
 X = IGNORE_INDEX
@@ -89,6 +91,32 @@ def test_lm_loss_without_labels_is_zero_and_differentiable() -> None:
     logits = torch.randn(2, 5, 7, requires_grad=True)
     loss = lm_loss(logits, torch.full((2, 5), X))
     assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert logits.grad is not None and not logits.grad.isnan().any()
+
+
+def test_token_loss_at_the_scored_positions_is_lm_loss() -> None:
+    """The logits of the positions `next_token_targets` names, against its targets, give lm_loss of
+    the full logits (the head then runs on those rows only), gradients included."""
+    logits = torch.randn(3, 7, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 7))
+    labels[0, :4] = X
+    labels[1, 5:] = X
+    labels[2, ::2] = X
+    at, targets = next_token_targets(labels)
+    assert at.shape == labels.shape and not at[:, -1].any() and int(at.sum()) == int(label_counts(labels).sum())
+    want_total, want_count = _loop_nll(logits.detach(), labels)
+    got = token_loss(logits[at], targets)
+    assert float(got) == pytest.approx(want_total / want_count, rel=1e-5)
+    full = torch.autograd.grad(lm_loss(logits, labels), logits)[0]
+    torch.testing.assert_close(torch.autograd.grad(got, logits)[0], full)
+
+
+def test_token_loss_without_labels_is_zero_and_differentiable() -> None:
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    at, targets = next_token_targets(torch.full((2, 5), X))
+    loss = token_loss(logits[at], targets)
+    assert float(loss.detach()) == 0.0 and targets.numel() == 0
     loss.backward()
     assert logits.grad is not None and not logits.grad.isnan().any()
 

@@ -10,6 +10,9 @@ Reference: transformers `models/llava/modeling_llava.py`.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 from torch import nn
 
@@ -62,8 +65,12 @@ class OmniVisionModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None, cache: KVCache | None = None,
-                vision_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-sequence logits [B, T, vocab] (training and tests; generation uses the parts).
+                vision_features: torch.Tensor | None = None, logits_at: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Full-sequence logits [B, T, vocab] (training and tests; generation uses the parts), or
+        with `logits_at` [B, T] bool the logits of those positions only, [M, vocab] in row-major
+        order (training scores a few positions of each sequence: the head and its float32 copy then
+        cost M rows instead of B*T, with Qwen2.5's 151,936-word vocabulary most of a step's memory).
 
         The image enters as pixels [N, C, H, W], as cached vision-tower features [N, P, D_v]
         (stage-1 training skips the frozen tower), or as projected embeddings [N, K, D].
@@ -76,7 +83,9 @@ class OmniVisionModel(nn.Module):
         if position_ids is None:
             position_ids = rotary_positions(input_ids.shape[0], input_ids.shape[1], key_valid,
                                              cache.length if cache is not None else 0, input_ids.device)
-        hidden = self.language(embeds, position_ids, key_valid, cache)
+        hidden = self.language(embeds, position_ids, key_valid, cache)  # [B, T, D]
+        if logits_at is not None:
+            hidden = hidden[logits_at]  # [M, D]
         return self.language.logits(hidden)
 
     def decode_weight_shapes(self) -> list[tuple[int, int]]:
@@ -94,8 +103,35 @@ class OmniVisionModel(nn.Module):
         self.vision.encoder.gradient_checkpointing = enabled
         self.language.gradient_checkpointing = enabled
 
+    def set_compiled(self, enabled: bool) -> None:
+        """Run the decoder through `torch.compile` (dynamic shapes, so batches of any length share a
+        graph), or eagerly again (training turns it on for its steps, `TrainConfig.compile`). Only
+        the decoder: on the 2-core CPUs its many small elementwise operations (norms, rotary, SiLU,
+        softmax) cost more than its products, and fused they ran a nano stage-2 step 1.4x faster;
+        compiling the tower as well or the whole model gained nothing more (measured on the AMX
+        Xeon; the whole model also recompiles for every count of image slots). Where torch.compile
+        cannot build code (no C++ compiler on a CPU machine) it warns and the decoder stays eager."""
+        if enabled:
+            problem = _compile_problem(self.device)
+            if problem:
+                warnings.warn(f"training with the eager decoder: torch.compile failed ({problem})", stacklevel=2)
+                return
+            self.language.forward = torch.compile(self.language.forward, dynamic=True)
+        else:
+            self.language.__dict__.pop("forward", None)  # the class's eager forward again
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.language.new_cache(batch, max_len)
+
+
+@functools.cache
+def _compile_problem(device: torch.device) -> str:
+    """Why torch.compile cannot build code for `device` (a tiny function tried once), or ""."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=device))
+    except Exception as err:  # noqa: BLE001: inductor raises many kinds (no compiler, no headers, ...)
+        return f"{type(err).__name__}: {str(err)[:200]}"
+    return ""
 
 
 @torch.no_grad()

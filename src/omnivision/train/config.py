@@ -78,6 +78,12 @@ class TrainConfig:
     tokens then weighs the tokens of short samples more than random batches do."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass (calls model.set_gradient_checkpointing(True))."""
+    compile: bool = False
+    """Run the model's compiled steps (calls model.set_compiled(True) before the first step and
+    set_compiled(False) after the last; `OmniVisionModel` compiles its decoder with
+    `torch.compile`, dynamic shapes). On the 2-core CPUs a step of the nano recipe's stage 2 then
+    fuses the decoder's many small elementwise operations; it costs some 20-40 s of compiling in the
+    first steps, and the CPU needs a C++ compiler (inductor's)."""
     seed: int = 0
     """Seeds the data order (seed + epoch) and the per-step random state (seed, rank, step)."""
     save_every: int = 0

@@ -10,13 +10,16 @@ from __future__ import annotations
 import torch
 
 from omnivision.train.collate import Batch
-from omnivision.train.losses import lm_loss
+from omnivision.train.losses import next_token_targets, token_loss
 
 
 class LMTask:
-    """Mean next-token loss over the labelled tokens of a batch of conversations."""
+    """Mean next-token loss over the labelled tokens of a batch of conversations. The output head
+    runs only where a label is scored (about a quarter of the positions of the nano recipe's
+    conversations; the prompt, the image and the padding need no logits)."""
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(batch.input_ids, pixel_values=batch.pixel_values,
-                       vision_features=batch.vision_features, key_valid=batch.key_valid)  # [B, T, V]
-        return lm_loss(logits, batch.labels), {"label_tokens": float(batch.num_label_tokens)}
+        at, targets = next_token_targets(batch.labels)  # [B, T], [M]
+        logits = model(batch.input_ids, pixel_values=batch.pixel_values, vision_features=batch.vision_features,
+                       key_valid=batch.key_valid, logits_at=at)  # [M, V]
+        return token_loss(logits, targets), {"label_tokens": float(batch.num_label_tokens)}

@@ -3,7 +3,7 @@
 A recipe supplies a `Task` (the loss of one micro-batch), a dataset (any sequence), a collate
 function and a `TrainConfig`; the loop owns everything else: freezing, AdamW with decay on matrices
 only and a rate per component (`lr_scales`), warmup + cosine, gradient accumulation, global-norm
-clipping, bf16 autocast, gradient checkpointing, DDP/FSDP, the progress bar, metrics, checkpoints
+clipping, bf16 autocast, gradient checkpointing, compiling, DDP/FSDP, the progress bar, metrics, checkpoints
 and exact resumption.
 
 Steps. `train` reads as the sequence of its steps: `_set_up` (process group, freezing, wrapping,
@@ -119,6 +119,8 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
     batch_at = _micro_batches(dataset, collate, cfg, run.info, lengths)
     steplog = _StepLog(run, start)
     run.wrapped.train()
+    if cfg.compile:
+        _switch(model, "set_compiled", True)
     try:
         with attention_backend(run.info.device):
             for step in range(start, cfg.steps):
@@ -129,6 +131,8 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
                     final_dir = _save(run, done, on_checkpoint)
     finally:
         steplog.close()
+        if cfg.compile:
+            _switch(model, "set_compiled", False)
     _plot_curves(run)
     assert final_dir is not None  # the last step always saves; a finished run resumes from it
     return TrainResult(cfg.steps, float(broadcast_object(steplog.final_loss)), run.metrics_path, final_dir)
@@ -178,7 +182,7 @@ def _set_up(model: nn.Module, cfg: TrainConfig,
     model.to(info.device)
     decay = _freeze(model, trainable)
     if cfg.grad_checkpointing:
-        _enable_grad_checkpointing(model)
+        _switch(model, "set_gradient_checkpointing", True)
     how = mode(cfg, info)
     wrapped = wrap(model, cfg, info)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP: sharded now
@@ -203,13 +207,14 @@ def _freeze(model: nn.Module, trainable: Callable[[nn.Module], list[tuple[str, n
     return {n for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2}
 
 
-def _enable_grad_checkpointing(model: nn.Module) -> None:
-    switch = getattr(model, "set_gradient_checkpointing", None)
+def _switch(model: nn.Module, method: str, enabled: bool) -> None:
+    """Call `model.<method>(enabled)` (set_gradient_checkpointing, set_compiled), or warn that the
+    model has no such switch."""
+    switch = getattr(model, method, None)
     if callable(switch):
-        switch(True)
+        switch(enabled)
     else:
-        log.warning("grad_checkpointing: %s has no set_gradient_checkpointing(); ignored",
-                    type(model).__name__)
+        log.warning("%s has no %s(); ignored", type(model).__name__, method)
 
 
 def _adamw(named: list[tuple[str, nn.Parameter]], decay: set[str], cfg: TrainConfig,

@@ -60,6 +60,23 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / count.clamp(min=1)
 
 
+def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where `lm_loss` scores a prediction and what it must be: labels [B, T] -> (at [B, T] bool, the
+    positions whose next token is labelled, targets [M], those tokens in row-major order). The
+    model's logits at `at` ([M, V], `OmniVisionModel.forward(logits_at=at)`) and `targets` give
+    `token_loss`, which equals `lm_loss` of the full logits."""
+    scored = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]: position t predicts token t+1
+    at = F.pad(scored, (0, 1))  # [B, T]; the last position predicts nothing
+    return at, labels[:, 1:][scored]
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [M, V] against targets [M] (float32), as `lm_loss` reduces it: 0,
+    still attached to the graph, when M is 0."""
+    total = F.cross_entropy(logits.float(), targets.long(), reduction="sum")  # []
+    return total / max(targets.numel(), 1)
+
+
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of the log-probabilities of each sequence's labelled next tokens: [B, T, V], [B, T] -> [B].
 

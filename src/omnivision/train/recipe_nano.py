@@ -118,6 +118,8 @@ class NanoConfig:
     gain, 123 against 117-122 conversations a second). Off by default: a run's features then take no
     disk (about 260 MB for the recipe's 8,000 scenes). Before 2026-12-06 the cache held float32
     features that differed from a step's by about 0.1 %, so its runs were other draws of stage 2."""
+    sft_compile: bool = False
+    """Stage 2 runs its decoder compiled (`TrainConfig.compile`)."""
     sft_questions: str = "one"
     """What stage 2's conversations ask of each training scene (`generate_shapes_dataset`): "one"
     question of each kind, or "every" question (each object's colour, shape and place). From the
@@ -354,7 +356,7 @@ def stage2_config(cfg: NanoConfig, data: Path, start: Path, runs: Path) -> SFTCo
     `runs / "sft"` (the feature cache, when on, in `runs / "features"`)."""
     scales = {"language": cfg.sft_language_lr_scale} if cfg.sft_language_lr_scale != 1 else {}
     train = dataclasses.replace(_train_cfg(cfg, runs / "sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, warmup=50),
-                                lr_scales=scales, group_by_length=cfg.sft_group_by_length)
+                                lr_scales=scales, group_by_length=cfg.sft_group_by_length, compile=cfg.sft_compile)
     return SFTConfig(model=str(start), data=str(data / "sft.json"), images=str(data), train=train,
                      trainable=list(cfg.sft_trainable), cache_images=True,
                      feature_cache=str(runs / "features") if cfg.sft_feature_cache else "")
