@@ -15,6 +15,7 @@ from omnivision.train.losses import (
     lm_loss,
     lm_loss_sum,
     next_token_targets,
+    scored_sequence_logps,
     sequence_logps,
     siglip_loss,
     token_loss,
@@ -163,6 +164,22 @@ def test_sequence_logps_matches_loop() -> None:
 
 def _t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
+
+
+def test_scored_sequence_logps_is_sequence_logps() -> None:
+    logits = torch.randn(3, 8, 10, requires_grad=True)
+    labels = torch.randint(0, 10, (3, 8))
+    labels[0, :5] = X
+    labels[1] = X  # a sequence with nothing scored: 0
+    labels[2, 1::3] = X
+    at, targets = next_token_targets(labels)
+    got = scored_sequence_logps(logits[at], targets, at)  # [3]
+    want = sequence_logps(logits, labels)
+    torch.testing.assert_close(got, want)
+    assert float(got[1]) == 0.0
+    weights = torch.tensor([1.0, 2.0, -1.0])
+    torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), logits)[0],
+                               torch.autograd.grad((want * weights).sum(), logits)[0])
 
 
 def test_dpo_hand_worked_example() -> None:

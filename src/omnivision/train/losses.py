@@ -85,6 +85,14 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -_shifted_token_nll(logits, labels).sum(-1)  # [B]
 
 
+def scored_sequence_logps(logits: torch.Tensor, targets: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """`sequence_logps` from the logits of the scored positions only: logits [M, V] of the positions
+    `at` [B, T] names (row-major) and their targets [M], both from `next_token_targets` -> [B]."""
+    token = -F.cross_entropy(logits.float(), targets.long(), reduction="none")  # [M]
+    rows = at.nonzero()[:, 0]  # [M]: the sequence each scored position belongs to
+    return torch.zeros(at.shape[0], dtype=token.dtype, device=token.device).index_add(0, rows, token)  # [B]
+
+
 @dataclass
 class DPOOutput:
     """What `dpo_loss` returns; everything except `loss` is detached, for logging."""

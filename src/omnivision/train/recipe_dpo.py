@@ -26,7 +26,7 @@ from omnivision.train.distributed import full_state_dict
 from omnivision.train.encode import EncodedExample, encode_preference
 from omnivision.train.image_loader import ImageLoader
 from omnivision.train.loop import TrainResult, train
-from omnivision.train.losses import dpo_loss, label_counts, sequence_logps
+from omnivision.train.losses import dpo_loss, label_counts, next_token_targets, scored_sequence_logps
 from omnivision.train.lora import LoraSettings, prepare_parts
 from omnivision.weights.native import save_native
 
@@ -72,6 +72,13 @@ def collate(loader: ImageLoader, pad_id: int):
     return fn
 
 
+def _sequence_logps(model, both: Batch) -> torch.Tensor:
+    """log pi(answer | prompt) of each sequence of `both` [2B]; the head runs at the scored positions only."""
+    at, targets = next_token_targets(both.labels)  # [2B, T], [M]
+    logits = model(both.input_ids, pixel_values=both.pixel_values, key_valid=both.key_valid, logits_at=at)  # [M, V]
+    return scored_sequence_logps(logits, targets, at)  # [2B]
+
+
 class DPOTask:
     """The sigmoid DPO loss of a batch of pairs, plus `nll_weight` times the chosen answers' mean
     per-token NLL."""
@@ -81,8 +88,7 @@ class DPOTask:
 
     def loss(self, model, batch: tuple[Batch, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         both, ref = batch
-        logits = model(both.input_ids, pixel_values=both.pixel_values, key_valid=both.key_valid)
-        logps = sequence_logps(logits, both.labels)  # [2B]
+        logps = _sequence_logps(model, both)  # [2B]
         chosen, rejected = logps.chunk(2)
         out = dpo_loss(chosen, rejected, ref[0].to(logps), ref[1].to(logps), self.beta)
         tokens = label_counts(both.labels).chunk(2)[0].clamp(min=1)  # [B]
@@ -99,8 +105,7 @@ def reference_logps(model, items: list[DPOItem], fn, batch: int = 8) -> None:
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         both, _ = fn(chunk)
-        logits = model(both.input_ids, pixel_values=both.pixel_values, key_valid=both.key_valid)
-        chosen, rejected = sequence_logps(logits, both.labels).chunk(2)
+        chosen, rejected = _sequence_logps(model, both).chunk(2)
         for item, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
             item.ref_chosen, item.ref_rejected = c, r
 
