@@ -21,11 +21,11 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from omnivision.config import preset
 from omnivision.model import OmniVisionModel, init_weights
+from omnivision.train.losses import next_token_targets, token_loss
 
 IMAGE_TOKEN = 151655
 
@@ -44,15 +44,8 @@ def omnivision_step_fn(model: OmniVisionModel):
     def step(ids, labels, pixels):
         with torch.no_grad():
             features = model.vision(pixels)  # frozen tower: [B, 729, 1152]
-        image = model.projector(features)  # [B, 81, 896]
-        embeds = model.embed(ids, image)
-        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        hidden = model.language(embeds, positions)  # [B, T, D]
-        # logits only where a next token is labelled: hidden at t predicts labels at t+1
-        target = labels[:, 1:]
-        keep = target != -100
-        logits = model.language.logits(hidden[:, :-1][keep])  # [N, V]
-        return F.cross_entropy(logits.float(), target[keep])
+        at, targets = next_token_targets(labels)  # logits only where a next token is labelled
+        return token_loss(model(ids, vision_features=features, logits_at=at), targets)  # [M, V] -> []
     return step
 
 

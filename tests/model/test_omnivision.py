@@ -115,6 +115,13 @@ def test_set_compiled_stays_eager_with_a_warning_where_torch_compile_cannot_buil
     from omnivision.model import omnivision
 
     monkeypatch.setattr(omnivision, "_compile_problem", lambda device: "CppCompileError: no g++")
-    with pytest.warns(UserWarning, match="eager decoder: torch.compile failed .*no g\\+\\+"):
+    with pytest.warns(UserWarning, match="eager decoder: CppCompileError: no g\\+\\+"):
         tiny_model.set_compiled(True)
     assert "forward" not in tiny_model.language.__dict__
+
+
+def test_compile_problem_names_the_switch_that_forbids_compiling(monkeypatch):
+    from omnivision.model.omnivision import _compile_problem
+
+    monkeypatch.setenv("OMNIVISION_COMPILE", "off")
+    assert _compile_problem.__wrapped__(torch.device("cpu")) == "OMNIVISION_COMPILE is off"

@@ -218,10 +218,16 @@ def test_gradient_checkpointing_on_the_tiny_model_changes_nothing(tiny_config, t
 
 
 @pytest.mark.long
-def test_compiled_decoder_trains_as_the_eager_one_and_is_eager_again_after(tiny_config, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_decoder_trains_as_the_eager_one_and_is_eager_again_after(tiny_config, tmp_path, checkpointing):
     """`compile`: the steps run the compiled decoder (batches of changing length on one dynamic
-    graph), the update is the eager one up to float rounding, and the model leaves `train` eager."""
+    graph; with gradient checkpointing too), the update is the eager one up to float rounding, and
+    the model leaves `train` eager."""
     from omnivision.model import OmniVisionModel, init_weights
+    from omnivision.model.omnivision import _compile_problem
+
+    if _compile_problem(torch.device("cpu")):
+        pytest.skip(f"no compiled decoder here: {_compile_problem(torch.device('cpu'))}")
 
     c = tiny_config
     g = torch.Generator().manual_seed(1)
@@ -244,7 +250,8 @@ def test_compiled_decoder_trains_as_the_eager_one_and_is_eager_again_after(tiny_
         model = OmniVisionModel(c)
         init_weights(model, std=0.1)
         cfg = TrainConfig(out_dir=str(tmp_path / str(on)), steps=6, batch_size=2, lr=1e-2, log_every=1,
-                          compile=on, precision="fp32", device="cpu", progress=False)
+                          compile=on, grad_checkpointing=on and checkpointing, precision="fp32", device="cpu",
+                          progress=False)
         result = train(model, Text(), data, collate, cfg, trainable=lambda m: list(m.language.named_parameters()))
         models.append(model)
         losses.append([json.loads(line)["loss"] for line in result.metrics_path.read_text().splitlines()])

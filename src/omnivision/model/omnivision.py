@@ -14,9 +14,11 @@ import functools
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omnivision.config import OmniVisionConfig
+from omnivision.kernels.compiled_dot import COMPILE_ENV, compile_allowed
 from omnivision.model.kv_cache import KVCache
 from omnivision.model.projector import Projector
 from omnivision.model.qwen2 import Qwen2ForCausalLM, RMSNorm, rotary_positions
@@ -109,12 +111,16 @@ class OmniVisionModel(nn.Module):
         the decoder: on the 2-core CPUs its many small elementwise operations (norms, rotary, SiLU,
         softmax) cost more than its products, and fused they ran a nano stage-2 step 1.4x faster;
         compiling the tower as well or the whole model gained nothing more (measured on the AMX
-        Xeon; the whole model also recompiles for every count of image slots). Where torch.compile
-        cannot build code (no C++ compiler on a CPU machine) it warns and the decoder stays eager."""
+        Xeon; the whole model also recompiles for every count of image slots). The decoder stays
+        eager, with a warning, where `OMNIVISION_COMPILE=off` or where torch.compile fails or sums
+        wrongly on a probe of the decoder's kinds of operations (no C++ compiler; torch 2.13's
+        dynamic-shape reductions under `ATEN_CPU_CAPABILITY=avx2`, `kernels/compiled_dot.py`)."""
         if enabled:
+            if "forward" in self.language.__dict__:
+                return  # compiled already
             problem = _compile_problem(self.device)
             if problem:
-                warnings.warn(f"training with the eager decoder: torch.compile failed ({problem})", stacklevel=2)
+                warnings.warn(f"training with the eager decoder: {problem}", stacklevel=2)
                 return
             self.language.forward = torch.compile(self.language.forward, dynamic=True)
         else:
@@ -124,13 +130,26 @@ class OmniVisionModel(nn.Module):
         return self.language.new_cache(batch, max_len)
 
 
+def _norm_softmax(x: torch.Tensor) -> torch.Tensor:
+    """x [N, K] -> [N, K]: the decoder's kinds of reductions (an RMS norm, a softmax, SiLU)."""
+    return F.silu(torch.softmax(x, -1) * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
 @functools.cache
 def _compile_problem(device: torch.device) -> str:
-    """Why torch.compile cannot build code for `device` (a tiny function tried once), or ""."""
+    """Why the decoder should not be compiled on `device`, or "": not allowed, or torch.compile fails
+    or disagrees with eager on `_norm_softmax` at two shapes of one dynamic graph (tried once)."""
+    if not compile_allowed():
+        return f"{COMPILE_ENV} is off"
+    compiled = torch.compile(_norm_softmax, dynamic=True)
+    g = torch.Generator().manual_seed(0)
     try:
-        torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=device))
+        for shape in ((3, 37), (5, 61)):
+            x = torch.randn(shape, generator=g).to(device)
+            if not torch.allclose(compiled(x), _norm_softmax(x), rtol=1e-4, atol=1e-5):
+                return f"torch.compile sums wrongly here (a {shape[0]}x{shape[1]} probe)"
     except Exception as err:  # noqa: BLE001: inductor raises many kinds (no compiler, no headers, ...)
-        return f"{type(err).__name__}: {str(err)[:200]}"
+        return f"torch.compile failed ({type(err).__name__}: {str(err)[:200]})"
     return ""
 
 

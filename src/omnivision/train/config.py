@@ -83,7 +83,11 @@ class TrainConfig:
     set_compiled(False) after the last; `OmniVisionModel` compiles its decoder with
     `torch.compile`, dynamic shapes). On the 2-core CPUs a step of the nano recipe's stage 2 then
     fuses the decoder's many small elementwise operations; it costs some 20-40 s of compiling in the
-    first steps, and the CPU needs a C++ compiler (inductor's)."""
+    first steps, and the CPU needs a C++ compiler (inductor's; without one, or where the compiled
+    code sums wrongly, the decoder stays eager with a warning). `on_checkpoint` runs with the
+    compiled decoder in place. A run resumes only with the same setting; resumption bit for bit is
+    tested for eager runs. Tested on the CPU in one process, with and without gradient
+    checkpointing; not yet under DDP or FSDP."""
     seed: int = 0
     """Seeds the data order (seed + epoch) and the per-step random state (seed, rank, step)."""
     save_every: int = 0

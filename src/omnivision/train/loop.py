@@ -130,9 +130,9 @@ def train(model: nn.Module, task: Task, dataset: Sequence[Any], collate: Callabl
                 if _due(cfg.save_every, done, cfg.steps):
                     final_dir = _save(run, done, on_checkpoint)
     finally:
-        steplog.close()
         if cfg.compile:
             _switch(model, "set_compiled", False)
+        steplog.close()
     _plot_curves(run)
     assert final_dir is not None  # the last step always saves; a finished run resumes from it
     return TrainResult(cfg.steps, float(broadcast_object(steplog.final_loss)), run.metrics_path, final_dir)
@@ -477,6 +477,8 @@ def _run_identity(cfg: TrainConfig, world_size: int, amp: torch.dtype | None) ->
         trajectory["lr_scales"] = dict(sorted(cfg.lr_scales.items()))
     if cfg.group_by_length:  # likewise
         trajectory["group_by_length"] = cfg.group_by_length
+    if cfg.compile:  # likewise: the compiled kernels sum in another order
+        trajectory["compile"] = True
     trajectory["global_micro_batch"] = cfg.batch_size * world_size
     trajectory["autocast"] = str(amp) if amp is not None else "fp32"
     digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()
