@@ -27,9 +27,9 @@ import torch
 from omnivision.train.recipe_nano import NanoConfig, stage2_config
 from omnivision.train.recipe_sft import run_sft
 
-SETTINGS = {"eager, tower in every step": {},
-            "feature cache": {"sft_feature_cache": True},
-            "compiled decoder": {"sft_compile": True},
+SETTINGS = {"eager, tower in every step": {"sft_compile": False, "sft_feature_cache": False},
+            "feature cache": {"sft_compile": False, "sft_feature_cache": True},
+            "compiled decoder": {"sft_compile": True, "sft_feature_cache": False},
             "compiled decoder, feature cache": {"sft_compile": True, "sft_feature_cache": True}}
 
 

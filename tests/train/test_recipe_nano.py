@@ -52,7 +52,8 @@ def test_stage2_config_is_the_recipes_stage_2(tmp_path):
     assert (train.out_dir, train.steps, train.lr, train.warmup_steps) == (str(tmp_path / "runs" / "sft"), 500, 4e-4, 50)
     assert (train.lr_scales, train.group_by_length, train.seed) == ({"language": 0.5}, 8, 7)
     default = stage2_config(NanoConfig(), tmp_path, tmp_path, tmp_path)
-    assert default.train.lr_scales == {} and default.feature_cache == "" and default.trainable == ["language"]
+    assert default.train.lr_scales == {} and default.trainable == ["language"]
+    assert default.feature_cache == str(tmp_path / "features") and default.train.compile
 
 
 def test_every_cell_of_a_shapes_scene_is_named_with_its_place(tmp_path):

@@ -97,10 +97,12 @@ class NanoConfig:
     run made with it answered worse (72.0 % held-out against 82.0; README, The nano model): stage 1
     then took colour's share down instead of up. Off, the recipe makes the bundled model."""
     align_steps: int = 150
-    sft_steps: int = 5400
+    sft_steps: int = 8100
     """Stage 2's steps, in batches of conversations of similar length (`TrainConfig.group_by_length`):
     random batches were half padding, so grouped ones run twice as many steps in the same time, and
-    stage 2 is limited by its steps (1,350 steps: 46.8 %, 2,700: 64.5 %; the AMD EPYC)."""
+    stage 2 is limited by its steps (1,350 steps: 46.8 %, 2,700: 64.5 %; the AMD EPYC; every
+    kind still rising at 5,400, `scripts/nano_spread.py`). 8,100 since the compiled decoder and the
+    feature cache made a step cheaper (README, The nano model)."""
     sft_trainable: tuple[str, ...] = ("language",)
     """The parts stage 2 trains. Training the projector here takes the grid cell out of the image
     tokens, and questions about one object of several get another object's answer. From one stage-1
@@ -110,16 +112,17 @@ class NanoConfig:
     projector frozen, 81.0 % (colour 81.7, position 65.0), but chart 78.9 against 89.4 and POPE F1
     0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
     (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model)."""
-    sft_feature_cache: bool = False
+    sft_feature_cache: bool = True
     """Stage 2 reads the frozen tower's features from a cache computed once per image under the
     step's autocast and attention kernels (`SFTConfig.feature_cache`), instead of running the tower
     in every step: the same training bit for bit on the CPU, faster where the tower is costly (the
-    AMD EPYC: 1.41x the steps per second, measured with an earlier float32 cache; the AMX Xeon: no
-    gain, 123 against 117-122 conversations a second). Off by default: a run's features then take no
-    disk (about 260 MB for the recipe's 8,000 scenes). Before 2026-12-06 the cache held float32
-    features that differed from a step's by about 0.1 %, so its runs were other draws of stage 2."""
-    sft_compile: bool = False
-    """Stage 2 runs its decoder compiled (`TrainConfig.compile`)."""
+    AMD EPYC: 1.41x the steps per second, measured with an earlier float32 cache; on the AMX Xeon
+    `scripts/nano_step_speed.py` measures it). It takes about 260 MB of disk for the recipe's 8,000
+    scenes (`runs/features`). Before 2026-12-06 the cache held float32 features that differed from
+    a step's by about 0.1 %, so its runs were other draws of stage 2."""
+    sft_compile: bool = True
+    """Stage 2 runs its decoder compiled (`TrainConfig.compile`; eager, with a warning, where
+    torch.compile cannot build correct code). Measured by `scripts/nano_step_speed.py`."""
     sft_questions: str = "one"
     """What stage 2's conversations ask of each training scene (`generate_shapes_dataset`): "one"
     question of each kind, or "every" question (each object's colour, shape and place). From the
