@@ -116,13 +116,15 @@ class NanoConfig:
     """Stage 2 reads the frozen tower's features from a cache computed once per image under the
     step's autocast and attention kernels (`SFTConfig.feature_cache`), instead of running the tower
     in every step: the same training bit for bit on the CPU, faster where the tower is costly (the
-    AMD EPYC: 1.41x the steps per second, measured with an earlier float32 cache; on the AMX Xeon
-    `scripts/nano_step_speed.py` measures it). It takes about 260 MB of disk for the recipe's 8,000
-    scenes (`runs/features`). Before 2026-12-06 the cache held float32 features that differed from
-    a step's by about 0.1 %, so its runs were other draws of stage 2."""
+    AMD EPYC: 1.41x the steps per second, measured with an earlier float32 cache; the AMX Xeon:
+    1.35x, and 1.52x with `sft_compile`, `scripts/nano_step_speed.py`, 2026-12-06). It takes about
+    260 MB of disk for the recipe's 8,000 scenes (`runs/features`). Before 2026-12-06 the cache
+    held float32 features that differed from a step's by about 0.1 %, so its runs were other draws
+    of stage 2."""
     sft_compile: bool = True
     """Stage 2 runs its decoder compiled (`TrainConfig.compile`; eager, with a warning, where
-    torch.compile cannot build correct code). Measured by `scripts/nano_step_speed.py`."""
+    torch.compile cannot build correct code). On the AMX Xeon 1.11x the conversations a second
+    alone, 1.52x with the feature cache (`scripts/nano_step_speed.py`, 2026-12-06)."""
     sft_questions: str = "one"
     """What stage 2's conversations ask of each training scene (`generate_shapes_dataset`): "one"
     question of each kind, or "every" question (each object's colour, shape and place). From the
