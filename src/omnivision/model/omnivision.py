@@ -110,7 +110,8 @@ class OmniVisionModel(nn.Module):
         graph), or eagerly again (training turns it on for its steps, `TrainConfig.compile`). Only
         the decoder: on the 2-core CPUs its many small elementwise operations (norms, rotary, SiLU,
         softmax) cost more than its products, and fused they ran a nano stage-2 step 1.11-1.45x
-        faster (1.52x with the feature cache; `scripts/nano_step_speed.py`, the AMX Xeon); compiling the tower as well or the whole model gained nothing more (measured on the AMX
+        faster (1.52x with the feature cache; `scripts/nano_step_speed.py`, the AMX Xeon);
+        compiling the tower as well or the whole model gained nothing more (measured on the AMX
         Xeon; the whole model also recompiles for every count of image slots). The decoder stays
         eager, with a warning, where `OMNIVISION_COMPILE=off` or where torch.compile fails or sums
         wrongly on a probe of the decoder's kinds of operations (no C++ compiler; torch 2.13's
