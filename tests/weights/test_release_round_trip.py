@@ -311,6 +311,7 @@ def test_llm_metadata_and_dtypes(tiny_model, tokenizer, tmp_path: Path, dtype, f
     ({"projector__compression": "none"}, "omnivision.projector.compression", "none"),
     ({"processing__template": "omnivision-v1"}, "omnivision.template", "omnivision-v1"),
     ({"processing__system_prompt": "Be brief."}, "omnivision.system_prompt", "Be brief."),
+    ({"processing__system_prompt": ""}, "omnivision.system_prompt", ""),  # the nano model's: no text
     ({"vision__layer_norm_eps": 1e-5}, "siglip.vision.attention.layer_norm_epsilon", 1e-5),
 ])
 def test_non_official_settings_are_recorded_and_read_back(tiny_config, tokenizer, tmp_path: Path,

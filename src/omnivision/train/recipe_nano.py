@@ -62,6 +62,13 @@ from omnivision.vlm import OmniVision
 from omnivision.weights.native import save_native
 
 
+NANO_SYSTEM_PROMPT = ""
+"""The nano model's system prompt: none (the template's system turn stays, empty). The official
+model's 17-word prompt was 22 of a stage-2 conversation's 99 tokens on average, and a step's
+forward and backward cost grows faster than its tokens (one batch of 32 x 151 tokens: 348 ms, cut to
+32 x 125: 255 ms; the AMX Xeon, 2026-12-06), so without it stage 2 runs its steps in less time."""
+
+
 def nano_config(vocab_size: int) -> OmniVisionConfig:
     """90-pixel images in 10-pixel patches: a 9x9 patch grid whose 3x3 blocks are exactly the scene's
     grid cells, so the 3x3 spatial merge gives one image token per cell (9 tokens).
@@ -76,7 +83,8 @@ def nano_config(vocab_size: int) -> OmniVisionConfig:
         projector=ProjectorConfig(compression="spatial3x3", hidden_size=256),
         text=TextConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_layers=4,
                         num_heads=6, num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=512),
-        processing=ProcessingConfig(image_mean=tuple(c / 255 for c in BACKGROUND), image_std=(0.25,) * 3),
+        processing=ProcessingConfig(image_mean=tuple(c / 255 for c in BACKGROUND), image_std=(0.25,) * 3,
+                                    system_prompt=NANO_SYSTEM_PROMPT),
         image_token_id=6, stop_token_ids=(2, 0), name="omnivision-nano")
 
 
@@ -97,12 +105,14 @@ class NanoConfig:
     run made with it answered worse (72.0 % held-out against 82.0; README, The nano model): stage 1
     then took colour's share down instead of up. Off, the recipe makes the bundled model."""
     align_steps: int = 150
-    sft_steps: int = 8100
+    sft_steps: int = 7200
     """Stage 2's steps, in batches of conversations of similar length (`TrainConfig.group_by_length`):
     random batches were half padding, so grouped ones run twice as many steps in the same time, and
     stage 2 is limited by its steps (1,350 steps: 46.8 %, 2,700: 64.5 %; the AMD EPYC; every
-    kind still rising at 5,400, `scripts/nano_spread.py`). 8,100 since the compiled decoder and the
-    feature cache made a step cheaper (README, The nano model)."""
+    kind still rising at 5,400, `scripts/nano_spread.py`). 8,100 steps answered 89.0-92.4 % over
+    three batch orders but took the recipe to 43 minutes on the AMX Xeon; 7,200, with the shorter
+    conversations of `NANO_SYSTEM_PROMPT`, is what fits its 30 (the 8,100-step runs had passed
+    87.8-92.2 % at step 7,200; README, The nano model)."""
     sft_trainable: tuple[str, ...] = ("language",)
     """The parts stage 2 trains. Training the projector here takes the grid cell out of the image
     tokens, and questions about one object of several get another object's answer. From one stage-1
@@ -154,9 +164,13 @@ class NanoConfig:
     values; on one stage-2 model (QA 77.4 %, POPE F1 94.3-95.8), 30 steps on caption and probe
     pairs gave QA 77.6 %, F1 92.9-94.6, on probe and question pairs 77.9 %, F1 93.9-95.7 (AMD
     EPYC, 2026-12-05)."""
-    dpo_steps: int = 30
-    """Stage 3's steps. At 100 (batch 16, about 7 passes over the pairs) the same pairs cost answers:
-    QA 75.5 % and colour 70.4 -> 60.0 % against 77.9 % and 71.7 % at 30."""
+    dpo_steps: int = 5
+    """Stage 3's steps (batch 16). The fewer errors stage 2 leaves, the fewer pairs, and the same
+    steps are more passes over them: from the 91.7 % stage-2 model of the recipe's 2026-12-06 run (79
+    pairs, most of them places), 30 steps (six passes) took QA to 89.9 %, colour 98.8 -> 90.8, and
+    captions from naming no absent object to 6.3 %; 10 steps gave 91.9 % and 0.4 %, 5 steps (one
+    pass) 92.3 % and 0.2 %, a rate of 1e-5 at 30 steps 91.7 % and 0.5 % (AMX Xeon). On a weaker
+    stage-2 model (QA 77.9 %), 100 steps had cost answers too: 75.5 % against 77.9 at 30."""
     dpo_trainable: tuple[str, ...] = ("language",)
     """The parts stage 3 trains. After a stage 2 with the projector frozen, training it here cost
     6.7 points of answers and raised absent objects from 3.2 to 34 %; the decoder alone added a
