@@ -14,7 +14,6 @@ from omnivision.data.formats import read_qa
 from omnivision.data.records import PreferencePair
 from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.loader import load
-from omnivision.processing.prompt import Message, render
 from omnivision.train.nano_report import markdown_table
 from omnivision.data.scenes import read_scenes
 from omnivision.data.shape_scenes import POSITIONS, ShapeScene
@@ -38,11 +37,6 @@ def test_nano_config_gives_one_token_per_scene_cell():
     config = nano_config(256)
     assert config.vision.grid == 9 and config.projector.compression == "spatial3x3"
     assert config.num_image_tokens == 9
-
-
-def test_nano_prompts_carry_an_empty_system_turn():
-    text = render([Message("user", "What color is the circle?")], "omnivision", nano_config(256).processing.system_prompt)
-    assert text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
 
 
 def test_stage2_config_is_the_recipes_stage_2(tmp_path):
