@@ -1,10 +1,12 @@
-"""The Qwen2 decoder's own paths: one-query attention (decode steps) against SDPA's grouped-query path."""
+"""The Qwen2 decoder's own paths against SDPA's grouped-query path: one-query attention (decode steps) and
+the masked attention of the compiled decoder (training steps)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from omnivision.model.qwen2 import one_query_attention
+from omnivision.config import TextConfig
+from omnivision.model.qwen2 import Qwen2ForCausalLM, attention_mask, masked_attention_products, one_query_attention
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -28,3 +30,66 @@ def test_one_query_attention_equals_grouped_query_sdpa(dtype, padded):
     wrong = F.scaled_dot_product_attention(q.float(), k.float().repeat(1, 4, 1, 1), v.float().repeat(1, 4, 1, 1),
                                            attn_mask=mask)
     assert not torch.allclose(wrong, expected, atol=tol, rtol=tol)
+
+
+def _padded_mask(b: int, s: int, right: bool) -> torch.Tensor:
+    """The decoder's causal mask [B, 1, S, S] with rows 1 and 2 padded by 3 and 7 (right: training
+    batches; left: generation)."""
+    valid = torch.ones(b, s, dtype=torch.bool)
+    if right:
+        valid[1, -3:], valid[2, -7:] = False, False
+    else:
+        valid[1, :3], valid[2, :7] = False, False
+    return attention_mask(valid, s)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("right", [True, False])
+def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dtype, right):
+    torch.manual_seed(0)
+    b, s, hd = 3, 13, 8
+    mask = _padded_mask(b, s, right)
+    leaves = [torch.randn(b, 6, s, hd), torch.randn(b, 2, s, hd), torch.randn(b, 2, s, hd)]
+    q, k, v = (x.clone().to(dtype).requires_grad_() for x in leaves)
+    qf, kf, vf = (x.clone().requires_grad_() for x in leaves)
+    got = masked_attention_products(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, enable_gqa=True)
+    assert got.shape == (b, 6, s, hd) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+    grad = torch.randn(b, 6, s, hd)
+    got.backward(grad.to(dtype))
+    expected.backward(grad)
+    for mine, theirs in ((q, qf), (k, kf), (v, vf)):
+        torch.testing.assert_close(mine.grad.float(), theirs.grad, atol=5 * tol, rtol=5 * tol)
+    # heads mapped to the wrong key/value head (interleaved) must not pass
+    wrong = F.scaled_dot_product_attention(qf, kf.repeat(1, 3, 1, 1), vf.repeat(1, 3, 1, 1), attn_mask=mask)
+    assert not torch.allclose(wrong, expected, atol=tol, rtol=tol)
+
+
+def test_the_compiled_decoder_attends_through_the_products_form(monkeypatch):
+    from omnivision.model import qwen2
+    from omnivision.model.omnivision import _compile_problem
+
+    if _compile_problem(torch.device("cpu")):
+        pytest.skip(f"no compiled decoder here: {_compile_problem(torch.device('cpu'))}")
+    calls = []
+
+    def counted(q, k, v, mask):
+        calls.append(tuple(q.shape))
+        return masked_attention_products(q, k, v, mask)
+
+    monkeypatch.setattr(qwen2, "masked_attention_products", counted)
+    torch.manual_seed(0)
+    cfg = TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+    lm = Qwen2ForCausalLM(cfg)
+    x = torch.randn(2, 9, 32)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, -4:] = False
+    positions = torch.arange(9).expand(2, -1)
+    eager = lm(x, positions, valid)
+    assert calls == []  # eager: SDPA
+    torch._dynamo.reset()
+    compiled = torch.compile(lm.forward, dynamic=True)(x, positions, valid)
+    assert len(calls) == cfg.num_layers  # traced once per layer
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
