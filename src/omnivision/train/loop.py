@@ -186,7 +186,7 @@ def _set_up(model: nn.Module, cfg: TrainConfig,
     how = mode(cfg, info)
     wrapped = wrap(model, cfg, info)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP: sharded now
-    optimizer = _adamw(named, decay, cfg, info.device, sharded=how == "fsdp")
+    optimizer = _adamw(named, decay, cfg, info.device)
     scheduler = make_scheduler(optimizer, cfg)
     amp = autocast_dtype(cfg, info.device)
     autocast = torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None)
@@ -218,15 +218,9 @@ def _switch(model: nn.Module, method: str, enabled: bool) -> None:
 
 
 def _adamw(named: list[tuple[str, nn.Parameter]], decay: set[str], cfg: TrainConfig,
-           device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
+           device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on the parameters named in `decay` only, and each component at
-    `lr * cfg.lr_scales[component]` (1 where not named); the groups at the base rate come first.
-
-    On the CPU the fused kernel where the parameters are plain tensors (not FSDP's shards): one
-    pass per parameter, 2.8x faster than the per-parameter loop of torch operators on the nano
-    recipe's stage-2 decoder (1.7 against 5.0 ms a step; the multi-tensor form took 5.5 and holds
-    temporaries the size of every parameter at once; torch 2.13, 2 threads, the AMX Xeon). The same
-    update within float32 rounding, not bit for bit. On CUDA torch's default (multi-tensor)."""
+    `lr * cfg.lr_scales[component]` (1 where not named); the groups at the base rate come first."""
     unknown = set(cfg.lr_scales) - {n.split(".", 1)[0] for n, _ in named}
     if unknown:
         raise ValueError(f"lr_scales names {sorted(unknown)}, which have no trainable parameters")
@@ -238,9 +232,8 @@ def _adamw(named: list[tuple[str, nn.Parameter]], decay: set[str], cfg: TrainCon
                     "lr": cfg.lr * scale, "lr_scale": scale},
                    {"params": [p for n, p in mine if n not in decay], "weight_decay": 0.0,
                     "lr": cfg.lr * scale, "lr_scale": scale}]
-    cpu = device.type == "cpu"
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=1e-8,
-                             foreach=None if device.type == "cuda" else False, fused=(cpu and not sharded) or None)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
+                             eps=1e-8, foreach=None if device.type == "cuda" else False)
 
 
 # -- resume or refuse --------------------------------------------------------------------------
