@@ -1,6 +1,6 @@
 """Where a nano model's answers go wrong: held-out accuracy per question kind and object count.
 
-    python scripts/nano_answers.py MODEL DATA
+    python scripts/nano_answers.py MODEL DATA [--scenes N]
 
 MODEL is a nano model (or any stage of the nano recipe), DATA a folder written by
 `omnivision data shapes` at the model's image size (the recipe's `eval-data`). For every question
@@ -10,7 +10,11 @@ for scenes of 1, 2, 3 and 4 objects. For colour and shape it also counts the wro
 the attribute of another object of the same scene: when nearly all are, the model reads the right
 attribute from the wrong token, which is a failure to tell the image tokens apart
 (`scripts/nano_features.py` then shows whether the tokens still carry their grid cell), not a
-failure to see colour or shape.
+failure to see colour or shape. For position ("Where is the red circle?") it counts the wrong
+answers that are another object's place, split by what that object shares with the one asked
+about (its colour, its shape, neither): the lookup of one object by two attributes among several.
+Run on the recipe's training `data` instead of `eval-data`, the same table says whether the model
+fits the training questions at all (`--scenes 300`: the first 300 scenes only).
 
 Then the yes/no probes of `pope.jsonl` whose object is absent: how many get a false "yes", split by
 whether the probe's colour and its shape are each somewhere in the scene. False "yes" answers where
@@ -38,6 +42,7 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("data", type=Path)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--scenes", type=int, default=0, help="the first N scenes only (0: all)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,11 +51,14 @@ def main() -> None:
     for line in (args.data / "scenes.jsonl").read_text().splitlines():
         scene = json.loads(line)
         scenes[scene["image"]] = scene
+        if len(scenes) == args.scenes:
+            break
     items = [q for q in read_qa(args.data / "qa.jsonl")
-             if scenes[q.image]["kind"] == "shapes" and q.qtype in KINDS]
+             if q.image in scenes and scenes[q.image]["kind"] == "shapes" and q.qtype in KINDS]
     answers = _answers(vlm, args.data, items)
     right: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    elsewhere = {kind: [0, 0] for kind in ("color", "shape")}  # [another object's, all wrong]
+    elsewhere = {kind: [0, 0] for kind in ("color", "shape", "position")}  # [another object's, all wrong]
+    shares: dict[str, int] = defaultdict(int)  # wrong places by what their object shares with the asked one
     for q, a in zip(items, answers):
         objects = scenes[q.image]["objects"]
         said = a.strip().rstrip(".").lower()
@@ -60,13 +68,27 @@ def main() -> None:
         if q.qtype in elsewhere and not ok:
             elsewhere[q.qtype][0] += said in {o[q.qtype] for o in objects}
             elsewhere[q.qtype][1] += 1
+        if q.qtype == "position" and not ok:
+            shares[_shared(q.question, objects, said)] += 1
     print(f"{'kind':9}" + "".join(f"{f'{n} object' + ('s' if n > 1 else ''):>12}" for n in range(1, 5)))
     for kind in KINDS:
         cells = [right[kind, n] for n in range(1, 5)]
         print(f"{kind:9}" + "".join(f"{(r / t if t else 0):12.1%}" for r, t in cells))
     for kind, (other, wrong) in elsewhere.items():
         print(f"wrong {kind} answers naming another object's {kind}: {other} of {wrong}")
+    print("wrong places, by what the object there shares with the one asked about: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(shares.items())))
     _false_yes(vlm, args.data, scenes)
+
+
+def _shared(question: str, objects: list[dict], place: str) -> str:
+    """What the object at `place` shares with the one a position question asks about ("Where is
+    the red circle?"): "its colour", "its shape", "neither", or "no object there"."""
+    colour, shape = question.rstrip("?").split()[-2:]
+    there = [o for o in objects if o["position"] == place]
+    if not there:
+        return "no object there"
+    return "its colour" if there[0]["color"] == colour else "its shape" if there[0]["shape"] == shape else "neither"
 
 
 def _answers(vlm, data: Path, items) -> list[str]:
@@ -80,7 +102,7 @@ def _answers(vlm, data: Path, items) -> list[str]:
 
 def _false_yes(vlm, data: Path, scenes: dict[str, dict]) -> None:
     """False "yes" answers to the probes of absent objects, by what of the object the scene has."""
-    absent = [q for q in read_qa(data / "pope.jsonl") if q.answer == "no"]
+    absent = [q for q in read_qa(data / "pope.jsonl") if q.answer == "no" and q.image in scenes]
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [false "yes", probes]
     for q, a in zip(absent, _answers(vlm, data, absent)):
         colour, shape = q.extra["object"].split(" ", 1)
