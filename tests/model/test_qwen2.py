@@ -32,32 +32,36 @@ def test_one_query_attention_equals_grouped_query_sdpa(dtype, padded):
     assert not torch.allclose(wrong, expected, atol=tol, rtol=tol)
 
 
-def _padded_mask(b: int, s: int, right: bool) -> torch.Tensor:
-    """The decoder's causal mask [B, 1, S, S] with rows 1 and 2 padded by 3 and 7 (right: training
-    batches; left: generation)."""
+def _padded_mask(b: int, s: int, t: int, right: bool) -> torch.Tensor:
+    """The decoder's causal mask [B, 1, T, S] of the last T of S positions, rows 1 and 2 padded by 3
+    and 7 (right: training batches; left: generation)."""
     valid = torch.ones(b, s, dtype=torch.bool)
     if right:
         valid[1, -3:], valid[2, -7:] = False, False
     else:
         valid[1, :3], valid[2, :7] = False, False
-    return attention_mask(valid, s)
+    return attention_mask(valid, t)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("right", [True, False])
-def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dtype, right):
+@pytest.mark.parametrize("cached", [0, 5])
+def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dtype, right, cached):
+    """Queries laid out as the decoder makes them ([B, T, H, hd] transposed), over the last T = S -
+    `cached` positions."""
     torch.manual_seed(0)
     b, s, hd = 3, 13, 8
-    mask = _padded_mask(b, s, right)
-    leaves = [torch.randn(b, 6, s, hd), torch.randn(b, 2, s, hd), torch.randn(b, 2, s, hd)]
+    t = s - cached
+    mask = _padded_mask(b, s, t, right)
+    leaves = [torch.randn(b, t, 6, hd).transpose(1, 2), torch.randn(b, 2, s, hd), torch.randn(b, 2, s, hd)]
     q, k, v = (x.clone().to(dtype).requires_grad_() for x in leaves)
     qf, kf, vf = (x.clone().requires_grad_() for x in leaves)
     got = masked_attention_products(q, k, v, mask)
     expected = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, enable_gqa=True)
-    assert got.shape == (b, 6, s, hd) and got.dtype == dtype
+    assert got.shape == (b, 6, t, hd) and got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
-    grad = torch.randn(b, 6, s, hd)
+    grad = torch.randn(b, 6, t, hd)
     got.backward(grad.to(dtype))
     expected.backward(grad)
     for mine, theirs in ((q, qf), (k, kf), (v, vf)):
