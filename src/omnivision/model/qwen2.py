@@ -110,11 +110,11 @@ def masked_attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Masked grouped-query attention written as two matrix products and a float32 softmax, for
     the CPU under torch.compile (the compiled decoder of training steps): q [B, H, T, hd], k/v
     [B, Hkv, S, hd], mask [B, 1, T, S] bool (True = attend; every row attends somewhere) ->
-    [B, H, T, hd]. torch.compile writes SDPA's math path with a mask as kernels that took 2-2.5x
+    [B, H, T, hd]. torch.compile writes SDPA's math path with a mask as kernels that took 1.8-2.9x
     the time of this form (forward and backward, 32 sequences of 60-190 positions, 6 heads over 2,
-    head size 32; torch 2.13, 2 threads on the AMX Xeon) and longer than eager SDPA. The H / Hkv
-    query heads of a key/value head are stacked as rows of one product, so keys and values are
-    not repeated per head. Within bf16 rounding of SDPA (`tests/model/test_qwen2.py`)."""
+    head size 32; torch 2.13, 2 threads on the AMX Xeon; `scripts/decoder_attention_speed.py`) and
+    longer than eager SDPA. The H / Hkv query heads of a key/value head are stacked as rows of one
+    product, so keys and values are not repeated per head. Within bf16 rounding of SDPA (`tests/model/test_qwen2.py`)."""
     b, heads, t, hd = q.shape
     kv_heads, s = k.shape[1], k.shape[2]
     group = heads // kv_heads
