@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from omnivision.config import TextConfig
-from omnivision.model.qwen2 import Qwen2ForCausalLM, attention_mask, masked_attention_products, one_query_attention
+from omnivision.model.qwen2 import (
+    Qwen2ForCausalLM,
+    additive_mask,
+    attention_mask,
+    masked_attention_products,
+    one_query_attention,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -46,9 +52,10 @@ def _padded_mask(b: int, s: int, t: int, right: bool) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("right", [True, False])
 @pytest.mark.parametrize("cached", [0, 5])
-def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dtype, right, cached):
+@pytest.mark.parametrize("additive", [False, True])
+def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dtype, right, cached, additive):
     """Queries laid out as the decoder makes them ([B, T, H, hd] transposed), over the last T = S -
-    `cached` positions."""
+    `cached` positions; the mask as it is (bool) or as the compiled decoder passes it (`additive_mask`)."""
     torch.manual_seed(0)
     b, s, hd = 3, 13, 8
     t = s - cached
@@ -56,7 +63,7 @@ def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dt
     leaves = [torch.randn(b, t, 6, hd).transpose(1, 2), torch.randn(b, 2, s, hd), torch.randn(b, 2, s, hd)]
     q, k, v = (x.clone().to(dtype).requires_grad_() for x in leaves)
     qf, kf, vf = (x.clone().requires_grad_() for x in leaves)
-    got = masked_attention_products(q, k, v, mask)
+    got = masked_attention_products(q, k, v, additive_mask(mask) if additive else mask)
     expected = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, enable_gqa=True)
     assert got.shape == (b, 6, t, hd) and got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 3e-2
@@ -71,7 +78,16 @@ def test_masked_attention_products_equal_grouped_query_sdpa_and_its_gradients(dt
     assert not torch.allclose(wrong, expected, atol=tol, rtol=tol)
 
 
+def test_additive_mask_is_zero_where_attended_and_minus_infinity_elsewhere():
+    mask = _padded_mask(3, 6, 6, right=True)
+    bias = additive_mask(mask)
+    assert bias.dtype == torch.float32 and bias.shape == mask.shape
+    assert (bias[mask] == 0).all() and torch.isneginf(bias[~mask]).all() and (~mask).any()
+
+
 def test_the_compiled_decoder_attends_through_the_products_form(monkeypatch):
+    """Compiled whole, and compiled as the training step compiles it (`set_compiled`: the shared
+    inputs in one graph, the layers in another, which then get the additive mask)."""
     from omnivision.model import qwen2
     from omnivision.model.omnivision import _compile_problem
 
@@ -80,7 +96,7 @@ def test_the_compiled_decoder_attends_through_the_products_form(monkeypatch):
     calls = []
 
     def counted(q, k, v, mask):
-        calls.append(tuple(q.shape))
+        calls.append((tuple(q.shape), mask.dtype))
         return masked_attention_products(q, k, v, mask)
 
     monkeypatch.setattr(qwen2, "masked_attention_products", counted)
@@ -97,3 +113,9 @@ def test_the_compiled_decoder_attends_through_the_products_form(monkeypatch):
     compiled = torch.compile(lm.forward, dynamic=True)(x, positions, valid)
     assert len(calls) == cfg.num_layers  # traced once per layer
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    lm.prepare = torch.compile(lm.prepare, dynamic=True)
+    lm.run_layers = torch.compile(lm.run_layers, dynamic=True)
+    split = lm(x, positions, valid)
+    assert calls == [((2, 4, 9, 8), torch.float32)] * cfg.num_layers  # the mask made once, additive
+    torch.testing.assert_close(split, eager, atol=1e-5, rtol=1e-5)

@@ -11,17 +11,20 @@ import pytest
 import torch
 
 from omnivision.data.formats import read_qa
+from omnivision.embedding_cache import ImageEmbeddingCache
 from omnivision.data.records import PreferencePair
 from omnivision.data.shapes_dataset import generate_shapes_dataset
-from omnivision.loader import load
+from omnivision.loader import BUNDLED, load
 from omnivision.train.nano_report import markdown_table
 from omnivision.data.scenes import read_scenes
 from omnivision.data.shape_scenes import POSITIONS, ShapeScene
+from omnivision.train import recipe_nano
 from omnivision.train.recipe_nano import (
     EMPTY_CELL,
     NanoConfig,
     _cell_texts,
     balance_yes_no,
+    evaluate,
     nano_config,
     nano_tokenizer,
     pair_sources,
@@ -111,6 +114,23 @@ def test_pair_sources_draw_each_kind_with_its_edit_threshold(tmp_path):
     assert pair_sources(tmp_path, 5, seed=0, kinds=("probe", "question")) == sources  # seeded
     with pytest.raises(ValueError, match="'charts'"):
         pair_sources(tmp_path, 5, seed=0, kinds=("caption", "charts"))
+
+
+def test_evaluation_encodes_each_held_out_image_once_and_scores_as_without_a_cache(tmp_path, monkeypatch):
+    generate_shapes_dataset(tmp_path, 10, seed=5, image_size=90)
+    vlm = load(BUNDLED, dtype="float32")
+    own = vlm.image_cache
+    encoded = []
+    uncached = vlm._encode_uncached
+    monkeypatch.setattr(vlm, "_encode_uncached", lambda pixels: encoded.append(len(pixels)) or uncached(pixels))
+    scores = evaluate(vlm, tmp_path)
+    assert vlm.image_cache is own  # the model's own cache is back, untouched
+    asked = len(read_qa(tmp_path / "qa.jsonl")) + len(read_qa(tmp_path / "pope.jsonl"))
+    assert asked > 10 * 10 and sum(encoded) <= 2 * 10  # ~once per image (a batch may hold an image twice)
+    monkeypatch.setattr(recipe_nano, "ImageEmbeddingCache", lambda capacity: ImageEmbeddingCache(0))
+    encoded.clear()
+    assert evaluate(vlm, tmp_path) == scores  # every question through the tower: the same scores
+    assert sum(encoded) >= asked
 
 
 def _losses(run_dir) -> list[float]:

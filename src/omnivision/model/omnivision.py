@@ -24,6 +24,9 @@ from omnivision.model.projector import Projector
 from omnivision.model.qwen2 import Qwen2ForCausalLM, RMSNorm, rotary_positions
 from omnivision.model.siglip import SiglipEmbeddings, SiglipPoolingHead, SiglipVisionTower
 
+COMPILED_METHODS = ("prepare", "run_layers")
+"""The decoder methods `OmniVisionModel.set_compiled` replaces by compiled ones."""
+
 
 class OmniVisionModel(nn.Module):
     def __init__(self, config: OmniVisionConfig) -> None:
@@ -116,16 +119,25 @@ class OmniVisionModel(nn.Module):
         eager, with a warning, where `OMNIVISION_COMPILE=off` or where torch.compile fails or sums
         wrongly on a probe of the decoder's kinds of operations (no C++ compiler; torch 2.13's
         dynamic-shape reductions under `ATEN_CPU_CAPABILITY=avx2`, `kernels/compiled_dot.py`)."""
+        lang = self.language
         if enabled:
-            if "forward" in self.language.__dict__:
-                return  # compiled already
+            if self.is_compiled:
+                return
             problem = _compile_problem(self.device)
             if problem:
                 warnings.warn(f"training with the eager decoder: {problem}", stacklevel=2)
                 return
-            self.language.forward = torch.compile(self.language.forward, dynamic=True)
+            # two graphs: the mask and angles are made once by the first, not inside each layer's kernels
+            lang.prepare = torch.compile(lang.prepare, dynamic=True)
+            lang.run_layers = torch.compile(lang.run_layers, dynamic=True)
         else:
-            self.language.__dict__.pop("forward", None)  # the class's eager forward again
+            for name in COMPILED_METHODS:
+                lang.__dict__.pop(name, None)  # the class's eager methods again
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether the decoder runs through `torch.compile` (`set_compiled`)."""
+        return all(name in self.language.__dict__ for name in COMPILED_METHODS)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.language.new_cache(batch, max_len)

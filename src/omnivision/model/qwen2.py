@@ -105,22 +105,32 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.reshape(b, heads, 1, hd)
 
 
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask [B, 1, T, S] bool (True = attend) as float32 terms added to the scores:
+    0 where attended, -inf elsewhere (so the sums are those of `masked_fill`)."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
 def masked_attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                               ) -> torch.Tensor:
     """Masked grouped-query attention written as two matrix products and a float32 softmax, for
     the CPU under torch.compile (the compiled decoder of training steps): q [B, H, T, hd], k/v
-    [B, Hkv, S, hd], mask [B, 1, T, S] bool (True = attend; every row attends somewhere) ->
-    [B, H, T, hd]. torch.compile writes SDPA's math path with a mask as kernels that took 1.8-2.9x
-    the time of this form (forward and backward, 32 sequences of 60-190 positions, 6 heads over 2,
-    head size 32; torch 2.13, 2 threads on the AMX Xeon; `scripts/decoder_attention_speed.py`) and
-    longer than eager SDPA. The H / Hkv query heads of a key/value head are stacked as rows of one
-    product, so keys and values are not repeated per head. Within bf16 rounding of SDPA (`tests/model/test_qwen2.py`)."""
+    [B, Hkv, S, hd], mask [B, 1, T, S], bool (True = attend) or `additive_mask`'s float32 terms
+    (every row attends somewhere) -> [B, H, T, hd]. torch.compile writes SDPA's math path with a
+    mask as kernels that took 1.8-2.9x the time of this form (forward and backward, 32 sequences of
+    60-190 positions, 6 heads over 2, head size 32; torch 2.13, 2 threads on the AMX Xeon;
+    `scripts/decoder_attention_speed.py`) and longer than eager SDPA. The H / Hkv query heads of a
+    key/value head are stacked as rows of one product, so keys and values are not repeated per head.
+    The additive form, made once before the layers (`Qwen2ForCausalLM.prepare`), is what the
+    compiled decoder passes: a bool mask made in the same graph is recomputed inside every layer's
+    softmax kernel. Within bf16 rounding of SDPA (`tests/model/test_qwen2.py`)."""
     b, heads, t, hd = q.shape
     kv_heads, s = k.shape[1], k.shape[2]
     group = heads // kv_heads
+    bias = mask if mask.is_floating_point() else additive_mask(mask)  # [B, 1, T, S]
     rows = q.reshape(b, kv_heads, group * t, hd)  # head h's rows are block h % group of kv head h // group
     scores = torch.matmul(rows, k.transpose(-1, -2)).view(b, kv_heads, group, t, s)  # [B, Hkv, g, T, S]
-    scores = scores.float().mul(hd ** -0.5).masked_fill(~mask[:, :, None], float("-inf"))
+    scores = scores.float().mul(hd ** -0.5) + bias[:, :, None]
     probs = torch.softmax(scores, dim=-1).to(v.dtype).view(b, kv_heads, group * t, s)
     return torch.matmul(probs, v).view(b, heads, t, hd)
 
@@ -222,9 +232,30 @@ class Qwen2ForCausalLM(nn.Module):
         if mask is None and key_valid is None and t > 1 and past > 0:
             # a multi-token chunk after cached positions needs an explicit causal mask
             key_valid = torch.ones(b, past + t, dtype=torch.bool, device=inputs_embeds.device)
+        rope, mask = self.prepare(inputs_embeds, position_ids, key_valid, mask)
+        h = self.run_layers(inputs_embeds, rope, mask, cache)
+        if cache is not None:
+            cache.advance(t)
+        return h
+
+    def prepare(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, key_valid: torch.Tensor | None,
+                mask: torch.Tensor | None) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """The layers' shared inputs: rotary cos/sin [B, 1, T, hd] and the attention mask [B, 1, T, S]
+        (from `key_valid` unless given). Compiled on its own (`OmniVisionModel.set_compiled`), it
+        gives the mask as `additive_mask` terms on the CPU: made here, once, and read by every layer's
+        softmax (`masked_attention_products`). A compiled nano stage-2 step ran 1.2x faster than with
+        the mask and angles made inside the layers' graph, which recomputed them in each kernel, and
+        its gradients are bit-equal (AMX Xeon, torch 2.13, 2 threads)."""
         rope = self.model.rotary(position_ids, inputs_embeds.dtype)
         if mask is None and key_valid is not None:
-            mask = attention_mask(key_valid, t)
+            mask = attention_mask(key_valid, inputs_embeds.shape[1])
+        if mask is not None and inputs_embeds.shape[1] > 1 and mask.device.type == "cpu" and torch.compiler.is_compiling():
+            mask = additive_mask(mask)  # for `masked_attention_products`, the layers' attention here
+        return rope, mask
+
+    def run_layers(self, inputs_embeds: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   mask: torch.Tensor | None, cache: KVCache | PositionedWrite | None) -> torch.Tensor:
+        """The decoder layers and the final norm: [B, T, D] -> [B, T, D]."""
         h = inputs_embeds
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
@@ -232,8 +263,6 @@ class Qwen2ForCausalLM(nn.Module):
                 h = checkpoint(layer, h, rope, mask, None, i, use_reentrant=False)
             else:
                 h = layer(h, rope, mask, cache, i)
-        if cache is not None:
-            cache.advance(t)
         return self.model.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

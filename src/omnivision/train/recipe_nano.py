@@ -42,6 +42,7 @@ from omnivision.data.questions import caption, descriptions, where
 from omnivision.data.records import PreferencePair
 from omnivision.data.scenes import read_scenes
 from omnivision.data.shape_scenes import BACKGROUND, POSITIONS, ShapeScene
+from omnivision.embedding_cache import ImageEmbeddingCache
 from omnivision.eval.shapes_accuracy import absent_object_rate, pope_metrics, qa_accuracy
 from omnivision.loader import load
 from omnivision.model import OmniVisionModel, init_weights
@@ -278,18 +279,26 @@ def pretrain_tower(cfg: NanoConfig, config: OmniVisionConfig, tokenizer: Tokeniz
 
 
 def evaluate(vlm: OmniVision, data: Path) -> dict:
-    """Held-out scores: QA accuracy by type, POPE per strategy, absent objects in captions."""
+    """Held-out scores: QA accuracy by type, POPE per strategy, absent objects in captions.
+
+    Each held-out image is asked about ~15 times, spread over the whole evaluation, so for the call the
+    model's embedding cache (16 images) is swapped for one as large as the held-out set: every image
+    goes through the tower about once, with the same scores, a quarter faster."""
     def answer(images, questions):
         return vlm.answer_batch([data / i for i in images], questions, max_new_tokens=32)
 
     meta = json.loads((data / "meta.json").read_text())["vocabulary"]
     scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
     shape_scenes = [s for s in scenes if s["kind"] == "shapes"]
-    captions = answer([s["image"] for s in shape_scenes], [CAPTION_PROMPT] * len(shape_scenes))
-    present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shape_scenes]
-    return {"qa": qa_accuracy(answer, read_qa(data / "qa.jsonl")),
-            "pope": pope_metrics(answer, read_qa(data / "pope.jsonl")),
-            "absent_objects": absent_object_rate(captions, present, meta["colors"], meta["shapes"])}
+    own_cache, vlm.image_cache = vlm.image_cache, ImageEmbeddingCache(len(scenes))
+    try:
+        captions = answer([s["image"] for s in shape_scenes], [CAPTION_PROMPT] * len(shape_scenes))
+        present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shape_scenes]
+        return {"qa": qa_accuracy(answer, read_qa(data / "qa.jsonl")),
+                "pope": pope_metrics(answer, read_qa(data / "pope.jsonl")),
+                "absent_objects": absent_object_rate(captions, present, meta["colors"], meta["shapes"])}
+    finally:
+        vlm.image_cache = own_cache
 
 
 PAIR_KINDS = ("caption", "probe", "question")
