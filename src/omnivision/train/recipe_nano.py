@@ -17,11 +17,12 @@
    (`make_pairs.py`, `recipe_dpo.py`).
 
 After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json` holds every
-number and `model/` the final native checkpoint. The step counts below took 31.9 minutes on the
-project's 2-core AMX Xeon (2026-12-07; issue 16 allows 30 there, 60 on the AMD EPYC, where they are
-not timed); `scale` multiplies them (a small `scale` is the CI smoke test). At a given thread count
-a run is deterministic: run from nothing, the command wrote the bundled model (2 threads,
-2026-12-07), as it had remade the model before it byte for byte.
+number and `model/` the final native checkpoint. The step counts below took 25.3 minutes on the
+project's 2-core AMX Xeon (2026-12-07, 31.9 before the decoder was compiled as two graphs; issue 16
+allows 30 there, 60 on the AMD EPYC, where they are not timed); `scale` multiplies them (a small
+`scale` is the CI smoke test). At a given thread count a run is deterministic: run from nothing, the
+command wrote the bundled model (2 threads, 2026-12-07) and remade it byte for byte after that
+change, as it had remade the model before it.
 """
 
 from __future__ import annotations
