@@ -249,8 +249,9 @@ class Qwen2ForCausalLM(nn.Module):
         rope = self.model.rotary(position_ids, inputs_embeds.dtype)
         if mask is None and key_valid is not None:
             mask = attention_mask(key_valid, inputs_embeds.shape[1])
-        if mask is not None and inputs_embeds.shape[1] > 1 and mask.device.type == "cpu" and torch.compiler.is_compiling():
-            mask = additive_mask(mask)  # for `masked_attention_products`, the layers' attention here
+        products_form = inputs_embeds.shape[1] > 1 and torch.compiler.is_compiling()  # the layers take it (CPU)
+        if mask is not None and products_form and mask.device.type == "cpu":
+            mask = additive_mask(mask)  # what `masked_attention_products` reads fastest
         return rope, mask
 
     def run_layers(self, inputs_embeds: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
