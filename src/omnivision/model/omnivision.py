@@ -128,8 +128,8 @@ class OmniVisionModel(nn.Module):
                 warnings.warn(f"training with the eager decoder: {problem}", stacklevel=2)
                 return
             # two graphs: the mask and angles are made once by the first, not inside each layer's kernels
-            lang.prepare = torch.compile(lang.prepare, dynamic=True)
-            lang.run_layers = torch.compile(lang.run_layers, dynamic=True)
+            for name in COMPILED_METHODS:
+                setattr(lang, name, torch.compile(getattr(lang, name), dynamic=True))
         else:
             for name in COMPILED_METHODS:
                 lang.__dict__.pop(name, None)  # the class's eager methods again
