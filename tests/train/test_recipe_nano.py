@@ -3,6 +3,7 @@ and its table are written, and the shipped model is the last stage's."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -30,6 +31,8 @@ from omnivision.train.recipe_nano import (
     pair_sources,
     pretrain_tower,
     run_nano,
+    run_stage1,
+    stage1_config,
     stage2_config,
 )
 
@@ -57,6 +60,33 @@ def test_stage2_config_is_the_recipes_stage_2(tmp_path):
     default = stage2_config(NanoConfig(), tmp_path, tmp_path, tmp_path)
     assert default.train.lr_scales == {} and default.trainable == ["language"]
     assert default.feature_cache == str(tmp_path / "features") and default.train.compile
+
+
+def test_stage1_trains_the_projector_alone_on_captions_or_on_the_conversations(tmp_path, monkeypatch):
+    cfg = NanoConfig(align_steps=300, scale=0.5, align_lr=2e-4, seed=5)
+    data, start, runs = tmp_path / "data", tmp_path / "stage0", tmp_path / "runs"
+    captions = stage1_config(cfg, data, start, runs)
+    assert isinstance(captions, recipe_nano.AlignConfig)
+    assert (captions.model, captions.data, captions.images) == (str(start), str(data / "captions.jsonl"), str(data))
+    conversations = stage1_config(dataclasses.replace(cfg, align_data="conversations"), data, start, runs)
+    assert isinstance(conversations, recipe_nano.SFTConfig)
+    assert (conversations.model, conversations.data, conversations.trainable) == (
+        str(start), str(data / "sft.json"), ["projector"])
+    for config in (captions, conversations):  # the same steps, rate, folder and feature cache either way
+        train = config.train
+        assert (train.out_dir, train.steps, train.lr, train.seed) == (str(runs / "align"), 150, 2e-4, 5)
+        assert config.feature_cache == str(runs / "align" / "features")
+    ran = []
+    monkeypatch.setattr(recipe_nano, "run_align", lambda c: ran.append(("align", c)))
+    monkeypatch.setattr(recipe_nano, "run_sft", lambda c: ran.append(("sft", c)))
+    run_stage1(captions)
+    run_stage1(conversations)
+    assert ran == [("align", captions), ("sft", conversations)]
+    with pytest.raises(ValueError, match="align_data: 'questions' is not one of"):
+        stage1_config(NanoConfig(align_data="questions"), data, start, runs)
+    with pytest.raises(ValueError, match="align_data"):  # before any stage runs
+        run_nano(NanoConfig(out=str(tmp_path / "never"), align_data="questions"))
+    assert not (tmp_path / "never" / "data").exists()
 
 
 def test_every_cell_of_a_shapes_scene_is_named_with_its_place(tmp_path):

@@ -5,7 +5,8 @@
 3. Pretrain the language model on the text alone (`recipe_text.py`).
 4. Pretrain the vision tower with the SigLIP sigmoid loss on captions and short descriptions
    (`recipe_siglip.py`).
-5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`).
+5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`; or on stage 2's
+   conversations, `align_data`).
 6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`); only the decoder learns
    (`sft_trainable`), the tower and the projector stay as stages 0-1 made them; batches hold
    conversations of similar length. Trained along, the tower lost what it had of colour (its share
@@ -98,8 +99,18 @@ class NanoConfig:
     tokens against the text of what the cell holds and where (`_cell_texts`). It keeps colour,
     shape and cell each a fifth of an object token's variance whatever the draw, but the one full
     run made with it answered worse (72.0 % held-out against 82.0; README, The nano model): stage 1
-    then took colour's share down instead of up. Off, the recipe makes the bundled model."""
+    then took colour's share down instead of up. With `align_data="conversations"` as well, four
+    seeds answered colour at 40.4-51.2 % after 2,700 stage-2 steps, where the recipe as shipped drew
+    25.0-28.3 on two seeds and 61-64 on the bundled model's (AMX Xeon, 2026-12-07): a narrower spread,
+    not yet a better best. Off, the recipe makes the bundled model."""
     align_steps: int = 150
+    align_data: str = "captions"
+    """What stage 1 trains the projector on, the decoder frozen: the training scenes' "captions" (one
+    caption request each, the usual alignment data) or all of stage 2's "conversations" (the caption
+    requests and the questions). On towers pretrained with the region objective the conversations
+    gave the decoder image tokens it read colour from sooner (`scripts/nano_spread.py --one-object`:
+    66.7 % against 56.1 % colour on lone objects after 900 steps, seed 2; README, The nano model);
+    on a tower without it they did not (14.0 against 21.1, chance 17)."""
     sft_steps: int = 8100
     """Stage 2's steps, in batches of conversations of similar length (`TrainConfig.group_by_length`):
     random batches were half padding, so grouped ones run twice as many steps in the same time, and
@@ -373,6 +384,33 @@ def stage3(cfg: NanoConfig, data: Path, stage2_dir: Path, out: Path, stage2: Omn
     return out / "runs" / "dpo" / "model", {"kept": len(kept), "dropped": dropped}
 
 
+ALIGN_DATA = ("captions", "conversations")
+"""What stage 1 can train on (`NanoConfig.align_data`)."""
+
+
+def stage1_config(cfg: NanoConfig, data: Path, start: Path, runs: Path) -> AlignConfig | SFTConfig:
+    """Stage 1 as the recipe runs it: from the stage-0 model `start`, the projector alone learning on
+    `data`'s captions (stage 1's own command) or conversations (stage 2's, with only the projector
+    trainable), into `runs / "align"`; its features cached in `runs / "align" / "features"` either way."""
+    if cfg.align_data not in ALIGN_DATA:
+        raise ValueError(f"align_data: {cfg.align_data!r} is not one of {ALIGN_DATA}")
+    align = runs / "align"
+    train = _train_cfg(cfg, align, cfg.align_steps, cfg.align_lr, cfg.batch_size)
+    if cfg.align_data == "captions":
+        return AlignConfig(model=str(start), data=str(data / "captions.jsonl"), images=str(data), train=train,
+                           feature_cache=str(align / "features"))
+    return SFTConfig(model=str(start), data=str(data / "sft.json"), images=str(data), train=train,
+                     trainable=["projector"], cache_images=True, feature_cache=str(align / "features"))
+
+
+def run_stage1(config: AlignConfig | SFTConfig) -> None:
+    """Stage 1 from `stage1_config`'s settings; the model goes to `<train.out_dir>/model` either way."""
+    if isinstance(config, AlignConfig):
+        run_align(config)
+    else:
+        run_sft(config)
+
+
 def stage2_config(cfg: NanoConfig, data: Path, start: Path, runs: Path) -> SFTConfig:
     """Stage 2 as the recipe runs it: from the stage-1 model `start`, on `data`'s conversations, into
     `runs / "sft"` (the feature cache, when on, in `runs / "features"`)."""
@@ -388,6 +426,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    stage1 = stage1_config(cfg, out / "data", out / "stage0", out / "runs")  # a wrong choice fails here, not later
     out.mkdir(parents=True, exist_ok=True)
     s = cfg.scale
     timings: dict[str, float] = {}
@@ -425,9 +464,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     save_native(model, tokenizer, out / "stage0")
     lap("vision pretraining")
 
-    run_align(AlignConfig(model=str(out / "stage0"), data=str(data / "captions.jsonl"), images=str(data),
-                          train=_train_cfg(cfg, out / "runs" / "align", cfg.align_steps, cfg.align_lr,
-                                           cfg.batch_size)))
+    run_stage1(stage1)
     report["stages"]["1-align"] = evaluate(load(out / "runs" / "align" / "model", dtype="float32"), held_out)
     lap("stage 1")
 
