@@ -62,3 +62,11 @@ def live_server(vlm, settings: ServerSettings | None = None):
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def settle(engine, deadline_s: float = 10.0) -> None:
+    """Wait until no job runs or waits (up to `deadline_s`): a slot gives its place back just after
+    its job's last event, so a client can hold the whole answer a moment before the engine is idle."""
+    end = time.monotonic() + deadline_s
+    while (engine.running or engine.waiting) and time.monotonic() < end:
+        time.sleep(0.05)

@@ -9,7 +9,7 @@ import pytest
 
 from omnivision.serve import image_intake
 from omnivision.serve.settings import Limits, ServerSettings
-from tests.serve.conftest import SCENE, client_for
+from tests.serve.conftest import SCENE, client_for, settle
 from tests.serve.test_image_intake import bomb_png, _data_url
 
 
@@ -204,6 +204,7 @@ def test_odd_image_paths_are_400s(nano, tmp_path) -> None:
 def test_a_server_without_a_queue_still_uses_its_idle_slot(nano) -> None:
     with client_for(nano, ServerSettings(queue=0)) as client:
         assert client.post("/v1/chat/completions", json=_ask(None, max_tokens=2)).status_code == 200
+        settle(client.engine)
         assert client.engine.running == 0 and client.engine.waiting == 0
 
 

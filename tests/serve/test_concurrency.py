@@ -13,7 +13,7 @@ import time
 import pytest
 
 from omnivision.serve.settings import ServerSettings
-from tests.serve.conftest import live_server
+from tests.serve.conftest import live_server, settle
 
 httpx = pytest.importorskip("httpx")
 
@@ -24,12 +24,6 @@ def _body(scene_url: str, tokens: int, stream: bool) -> dict:
                                                       {"type": "text", "text": "Describe the scene."}]}]}
 
 
-def _settle(engine, deadline_s: float = 10.0) -> None:
-    end = time.monotonic() + deadline_s
-    while (engine.running or engine.waiting) and time.monotonic() < end:
-        time.sleep(0.05)
-
-
 def test_a_full_queue_answers_503_with_retry_after(nano, scene_url) -> None:
     async def main(url: str) -> list:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -38,7 +32,7 @@ def test_a_full_queue_answers_503_with_retry_after(nano, scene_url) -> None:
 
     with live_server(nano, ServerSettings(max_batch=1, queue=2)) as (url, engine):
         responses = asyncio.run(main(url))
-        _settle(engine)
+        settle(engine)
         assert engine.running == 0 and engine.waiting == 0
     codes = sorted(r.status_code for r in responses)
     assert codes.count(200) >= 3 and set(codes) <= {200, 503} and 503 in codes
@@ -89,7 +83,7 @@ def test_64_streaming_clients_with_8_leaving_early(slow_endless, scene_url) -> N
     with live_server(slow_endless, ServerSettings(max_batch=2, queue=64)) as (url, engine):
         threads_with_server = threading.active_count()
         outcomes = asyncio.run(main(url))
-        _settle(engine)
+        settle(engine)
         assert engine.running == 0 and engine.waiting == 0
         assert engine.cancelled == 8  # every leaver's generation was stopped, none ran to its end
         # at most the event loop's pooled workers (image decoding, tokenizing) were added
@@ -168,7 +162,7 @@ def test_batched_answers_are_the_answers_alone(scene_url) -> None:
     with live_server(vlm, ServerSettings(max_batch=4)) as (url, engine):
         assert vlm.batcher is not None and vlm.batcher.batch.max_rows == 4
         together = asyncio.run(ask(url))
-        _settle(engine)
+        settle(engine)
         assert vlm.batcher.batch.running == 0
     assert together == alone and len(set(alone)) > 1
     assert vlm.batcher is None and not any(t.name == "omnivision-batcher" for t in threading.enumerate())
