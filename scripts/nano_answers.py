@@ -33,26 +33,30 @@ import torch
 
 from omnivision.data.formats import read_qa
 from omnivision.loader import load
+from omnivision.vlm import OmniVision
 
 KINDS = ("color", "shape", "count", "position")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_and_scenes(doc: str, scenes_default: int = 0, scenes_help: str = "the first N scenes only (0: all)"
+                     ) -> tuple[argparse.Namespace, OmniVision, list[dict]]:
+    """The nano diagnostics' command line, `MODEL DATA [--scenes N] [--threads T]`: the parsed
+    arguments, the model in float32 and every scene of DATA's `scenes.jsonl` in order."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("data", type=Path)
+    p.add_argument("--scenes", type=int, default=scenes_default, help=scenes_help)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--scenes", type=int, default=0, help="the first N scenes only (0: all)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    vlm = load(args.model, dtype="float32")
-    scenes: dict[str, dict] = {}
-    for line in (args.data / "scenes.jsonl").read_text().splitlines():
-        scene = json.loads(line)
-        scenes[scene["image"]] = scene
-        if len(scenes) == args.scenes:
-            break
+    scenes = [json.loads(line) for line in (args.data / "scenes.jsonl").read_text().splitlines()]
+    return args, load(args.model, dtype="float32"), scenes
+
+
+def main() -> None:
+    args, vlm, every = model_and_scenes(__doc__)
+    scenes = {s["image"]: s for s in every[:args.scenes or None]}
     items = [q for q in read_qa(args.data / "qa.jsonl")
              if q.image in scenes and scenes[q.image]["kind"] == "shapes" and q.qtype in KINDS]
     answers = _answers(vlm, args.data, items)

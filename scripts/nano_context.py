@@ -18,14 +18,8 @@ those of a model that sees the scene's colours but not which object has which.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
-import torch
-
+from nano_answers import model_and_scenes
 from omnivision.data.questions import COLOR_Q, where
-from omnivision.loader import load
 from omnivision.vlm import Turn
 
 FILLERS = (("How many objects are there?", None), ("How many squares are there?", "square"),
@@ -34,16 +28,7 @@ FILLERS = (("How many objects are there?", None), ("How many squares are there?"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model")
-    p.add_argument("data", type=Path)
-    p.add_argument("--scenes", type=int, default=100, help="how many shapes scenes to use (default 100)")
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    vlm = load(args.model, dtype="float32")
-    scenes = [json.loads(line) for line in (args.data / "scenes.jsonl").read_text().splitlines()]
+    args, vlm, scenes = model_and_scenes(__doc__, 100, "how many shapes scenes to use (default 100)")
     scenes = [s for s in scenes if s["kind"] == "shapes" and len(s["objects"]) >= 2][:args.scenes]
     right, n = [0] * (len(FILLERS) + 1), 0
     for s in scenes:

@@ -98,7 +98,7 @@ class NanoConfig:
     """Add the region objective to the tower's pretraining (`recipe_siglip.py`): each grid cell's
     tokens against the text of what the cell holds and where (`_cell_texts`). It keeps colour,
     shape and cell each a fifth of an object token's variance whatever the draw, but the one full
-    run made with it answered worse (72.0 % held-out against 82.0; README, The nano model): stage 1
+    run made with it answered worse (72.0 % held-out against 82.0; `docs/nano-recipe-history.md`): stage 1
     then took colour's share down instead of up. With `align_data="conversations"` as well, four
     seeds answered colour at 40.4-51.2 % after 2,700 stage-2 steps, where the recipe as shipped drew
     25.0-28.3 on two seeds and 61-64 on the bundled model's (AMX Xeon, 2026-12-07): a narrower spread,
@@ -127,7 +127,9 @@ class NanoConfig:
     73.2 % (colour 52.1, position 50.0; the cell's share of the token's variance 11.6 -> 4.7 %);
     projector frozen, 81.0 % (colour 81.7, position 65.0), but chart 78.9 against 89.4 and POPE F1
     0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
-    (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model)."""
+    (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model).
+    Training both led by 10 points of colour after 2,700 steps on three draws of stages 0-1 but
+    ended level at 8,100 (80.7 % against 81.1; AMD EPYC, 2026-12-07)."""
     sft_feature_cache: bool = True
     """Stage 2 reads the frozen tower's features from a cache computed once per image under the
     step's autocast and attention kernels (`SFTConfig.feature_cache`), instead of running the tower
@@ -146,8 +148,8 @@ class NanoConfig:
     question of each kind, or "every" question (each object's colour, shape and place). From the
     bundled run's stage-1 model on the feature cache, stage 2 answered 69.6 % held-out with one
     question (colour 47.5), 70.0 with every question (42.9), and 75.0 with every question one a
-    conversation (`sft_max_turns=1`, 8,100 steps; colour 43.8; AMD EPYC, 2026-12-06; README, The
-    nano model): shape, count and place gained, colour did not."""
+    conversation (`sft_max_turns=1`, 8,100 steps; colour 43.8; AMD EPYC, 2026-12-06;
+    `docs/nano-recipe-history.md`): shape, count and place gained, colour did not."""
     sft_max_turns: int = MAX_TURNS
     """The most questions one of stage 2's conversations asks (`generate_shapes_dataset`)."""
     sft_group_by_length: int = 16
@@ -158,7 +160,8 @@ class NanoConfig:
     chance (`docs/nano-recipe-history.md`). With the tower's position table initialised at its own
     scale and stage 1 at 3e-4, both parts at 5e-4 did best (stage 2 71.4 % against 53.9 % with the
     projector at 2e-3 and the decoder at 5e-4; the AMD EPYC, 2026-12-05). With the projector frozen
-    (`sft_trainable`) only the decoder's rate, `sft_lr` times this, matters."""
+    (`sft_trainable`) only the decoder's rate, `sft_lr` times this, matters: doubled, it ended
+    stage 2 at 67.4 % against 81.1 (AMD EPYC, 2026-12-07, 8,100 steps)."""
     dpo_sources: int = 1000
     """Stage 3 draws this many training prompts of each kind in `dpo_kinds` (times `scale` when
     below 1, at least 40) for the stage-2 model to answer; the oracle's corrections of its wrong
