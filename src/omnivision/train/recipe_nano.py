@@ -129,7 +129,8 @@ class NanoConfig:
     0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
     (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model).
     Training both led by 10 points of colour after 2,700 steps on three draws of stages 0-1 but
-    ended level at 8,100 (80.7 % against 81.1; AMD EPYC, 2026-12-07)."""
+    ended level on one at 8,100 (80.7 % against 81.1) and 8.2 points ahead on another (80.4 against
+    72.2; AMD EPYC, 2026-12-07)."""
     sft_feature_cache: bool = True
     """Stage 2 reads the frozen tower's features from a cache computed once per image under the
     step's autocast and attention kernels (`SFTConfig.feature_cache`), instead of running the tower
