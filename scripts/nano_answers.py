@@ -13,6 +13,10 @@ attribute from the wrong token, which is a failure to tell the image tokens apar
 failure to see colour or shape. For position ("Where is the red circle?") it counts the wrong
 answers that are another object's place, split by what that object shares with the one asked
 about (its colour, its shape, neither): the lookup of one object by two attributes among several.
+For the wrong colours that are another object's it gives where on the grid that object lies from
+the asked one (beside it, diagonal, farther), against where a random other object of the scene
+would lie: more errors beside than chance means the answer reads a blend of the asked cell and its
+neighbours.
 Run on the recipe's training `data` instead of `eval-data`, the same table says whether the model
 fits the training questions at all (`--scenes 300`: the first 300 scenes only).
 
@@ -32,21 +36,26 @@ from pathlib import Path
 import torch
 
 from omnivision.data.formats import read_qa
+from omnivision.data.questions import where
+from omnivision.data.shape_scenes import POSITIONS
 from omnivision.loader import load
 from omnivision.vlm import OmniVision
 
 KINDS = ("color", "shape", "count", "position")
 
 
-def model_and_scenes(doc: str, scenes_default: int = 0, scenes_help: str = "the first N scenes only (0: all)"
-                     ) -> tuple[argparse.Namespace, OmniVision, list[dict]]:
-    """The nano diagnostics' command line, `MODEL DATA [--scenes N] [--threads T]`: the parsed
-    arguments, the model in float32 and every scene of DATA's `scenes.jsonl` in order."""
+def model_and_scenes(doc: str, scenes_default: int = 0, scenes_help: str = "the first N scenes only (0: all)",
+                     extra: list[tuple[str, dict]] = ()) -> tuple[argparse.Namespace, OmniVision, list[dict]]:
+    """The nano diagnostics' command line, `MODEL DATA [--scenes N] [--threads T]` and the `extra`
+    options (name, `add_argument` keywords): the parsed arguments, the model in float32 and every
+    scene of DATA's `scenes.jsonl` in order."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("data", type=Path)
     p.add_argument("--scenes", type=int, default=scenes_default, help=scenes_help)
     p.add_argument("--threads", type=int, default=0)
+    for name, kwargs in extra:
+        p.add_argument(name, **kwargs)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,6 +72,7 @@ def main() -> None:
     right: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     elsewhere = {kind: [0, 0] for kind in ("color", "shape", "position")}  # [another object's, all wrong]
     shares: dict[str, int] = defaultdict(int)  # wrong places by what their object shares with the asked one
+    near = torch.zeros(2, len(NEAR))  # [said, chance][where the object read lies from the asked one]
     for q, a in zip(items, answers):
         objects = scenes[q.image]["objects"]
         said = a.strip().rstrip(".").lower()
@@ -74,6 +84,8 @@ def main() -> None:
             elsewhere[q.qtype][1] += 1
         if q.qtype == "position" and not ok:
             shares[_shared(q.question, objects, said)] += 1
+        if q.qtype == "color" and not ok:
+            near += _neighbours(q.question, objects, said)
     print(f"{'kind':9}" + "".join(f"{f'{n} object' + ('s' if n > 1 else ''):>12}" for n in range(1, 5)))
     for kind in KINDS:
         cells = [right[kind, n] for n in range(1, 5)]
@@ -82,6 +94,9 @@ def main() -> None:
         print(f"wrong {kind} answers naming another object's {kind}: {other} of {wrong}")
     print("wrong places, by what the object there shares with the one asked about: "
           + ", ".join(f"{k} {v}" for k, v in sorted(shares.items())))
+    print("wrong colours that are another object's, by where that object lies from the asked one on the grid "
+          "(in brackets: a random other object): " + ", ".join(
+              f"{name} {said:.1f} ({chance:.1f})" for name, (said, chance) in zip(NEAR, near.T.tolist())))
     _false_yes(vlm, args.data, scenes)
 
 
@@ -93,6 +108,38 @@ def _shared(question: str, objects: list[dict], place: str) -> str:
     if not there:
         return "no object there"
     return "its colour" if there[0]["color"] == colour else "its shape" if there[0]["shape"] == shape else "neither"
+
+
+def asked_cell(kind: str, question: str, objects: list[dict]) -> int:
+    """The grid cell (the image token) of the object a question asks about."""
+    if kind == "color":  # "What color is the object at the top left?" / "... in the center?"
+        return next(i for i, place in enumerate(POSITIONS) if question.endswith(f" {where(place)}?"))
+    colour, shape = question.rstrip("?").split()[-2:]  # "Where is the red circle?"
+    return POSITIONS.index(next(o["position"] for o in objects if o["color"] == colour and o["shape"] == shape))
+
+
+NEAR = ("beside", "diagonal", "farther")  # where one grid cell lies from another: sharing a side, a corner, neither
+
+
+def _near(a: int, b: int) -> int:
+    """The index in `NEAR` of grid cell b seen from cell a (cells in reading order)."""
+    rows, cols = abs(a // 3 - b // 3), abs(a % 3 - b % 3)
+    return 0 if rows + cols == 1 else 1 if rows == cols == 1 else 2
+
+
+def _neighbours(question: str, objects: list[dict], said: str) -> torch.Tensor:
+    """For a wrong colour answer: [2, 3], row 0 where the other objects of colour `said` lie from the
+    asked one (`NEAR`; one in all, split among them), row 1 where a random other object would (one
+    in all, when some other object has the said colour)."""
+    asked = asked_cell("color", question, objects)
+    others = [POSITIONS.index(o["position"]) for o in objects if o["position"] != POSITIONS[asked]]
+    hits = [POSITIONS.index(o["position"]) for o in objects if o["color"] == said and o["position"] != POSITIONS[asked]]
+    out = torch.zeros(2, len(NEAR))
+    for cell in hits:
+        out[0, _near(asked, cell)] += 1 / len(hits)
+    for cell in others if hits else ():
+        out[1, _near(asked, cell)] += 1 / len(others)
+    return out
 
 
 def _answers(vlm, data: Path, items) -> list[str]:

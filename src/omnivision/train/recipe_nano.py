@@ -155,6 +155,9 @@ class NanoConfig:
     """The most questions one of stage 2's conversations asks (`generate_shapes_dataset`)."""
     sft_group_by_length: int = 16
     """Stage 2's `TrainConfig.group_by_length` (0: random batches)."""
+    sft_weight_decay: float = 0.01
+    """Stage 2's AdamW weight decay (on the weight matrices; `TrainConfig.weight_decay`). The other
+    stages keep 0.01."""
     sft_language_lr_scale: float = 1.0
     """Stage 2's decoder learns at this multiple of `sft_lr` (the projector's rate). A separate rate
     mattered while the projector learned at 2e-3: the decoder at a quarter of it lifted colour from
@@ -420,7 +423,8 @@ def stage2_config(cfg: NanoConfig, data: Path, start: Path, runs: Path) -> SFTCo
     `runs / "sft"` (the feature cache, when on, in `runs / "features"`)."""
     scales = {"language": cfg.sft_language_lr_scale} if cfg.sft_language_lr_scale != 1 else {}
     train = dataclasses.replace(_train_cfg(cfg, runs / "sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, warmup=50),
-                                lr_scales=scales, group_by_length=cfg.sft_group_by_length, compile=cfg.sft_compile)
+                                lr_scales=scales, group_by_length=cfg.sft_group_by_length, compile=cfg.sft_compile,
+                                weight_decay=cfg.sft_weight_decay)
     return SFTConfig(model=str(start), data=str(data / "sft.json"), images=str(data), train=train,
                      trainable=list(cfg.sft_trainable), cache_images=True,
                      feature_cache=str(runs / "features") if cfg.sft_feature_cache else "")
