@@ -1,6 +1,6 @@
 """How much of what the decoder sees of an object is its colour, its shape, and its place.
 
-    python scripts/nano_features.py MODEL DATA [--scenes 1500]
+    python scripts/nano_features.py MODEL DATA [--scenes 1500] [--empty]
 
 MODEL is a model with the `spatial3x3` projector (the nano model, or any stage of the nano recipe);
 DATA a folder written by `omnivision data shapes` at the model's image size. For every object of the
@@ -17,6 +17,12 @@ The cell matters as much as the attributes: the decoder's only other clue to whi
 object at the top left" is the token's place in the sequence, and in a conversation of several
 turns its distance from the question changes. A cell probe near chance (11 %) at the projector
 output means questions about one object of several get another object's answer.
+
+With `--empty` it looks instead at the empty cells of the scenes that hold one object: how much of
+that object's colour their tokens carry (share and probe, as above), for the cells beside the object
+(a shared side) and for those farther away. Equal figures mean the tokens carry the scene's colour
+wherever they are and do not blend in their neighbours, so an answer that reads a neighbour's
+colour (`scripts/nano_answers.py`) has looked at the wrong token.
 """
 
 from __future__ import annotations
@@ -62,15 +68,46 @@ def cell_tokens(parts: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader
     return {name: torch.stack(t) for name, t in tokens.items()}, colours, shapes, places
 
 
-def object_tokens(model_dir: str, data: Path, n_scenes: int):
-    """Per object: tower features of its cell [9*D_v] and projector output [D], by name; colour, shape, cell."""
+def model_parts(model_dir: str, data: Path) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], ImageLoader]:
+    """The two points the tokens are read at (pixels [B, 3, H, W] -> [B, 9, D]), and the image loader."""
     vlm = load(model_dir, dtype="float32")
     model = vlm.model
     if model.projector.compression != "spatial3x3":
         raise SystemExit("error: needs a model with the spatial3x3 projector (one token per grid cell)")
     parts = {"tower (cell, 3x3 patches)": lambda px: spatial3x3(model.vision(px)),  # [B, 9, 9*D_v]
              "projector output": lambda px: model.projector(model.vision(px))}  # [B, 9, D]
-    return cell_tokens(parts, ImageLoader(vlm.config, data, cache=False), shapes_scenes(data, n_scenes))
+    return parts, ImageLoader(vlm.config, data, cache=False)
+
+
+def object_tokens(model_dir: str, data: Path, n_scenes: int):
+    """Per object: tower features of its cell [9*D_v] and projector output [D], by name; colour, shape, cell."""
+    return cell_tokens(*model_parts(model_dir, data), shapes_scenes(data, n_scenes))
+
+
+def print_empty_cells(model_dir: str, data: Path, n_scenes: int) -> None:
+    """The lone object's colour in the empty cells' tokens of one-object scenes, beside it and farther."""
+    parts, loader = model_parts(model_dir, data)
+    scenes = [s for s in shapes_scenes(data, n_scenes) if len(s["objects"]) == 1]
+    tokens: dict[tuple[str, bool], list[torch.Tensor]] = {(name, b): [] for name in parts for b in (True, False)}
+    colours: dict[bool, list[str]] = {True: [], False: []}
+    for start in range(0, len(scenes), 64):
+        chunk = scenes[start:start + 64]
+        pixels = torch.stack([loader(s["image"]) for s in chunk])  # [B, 3, H, W]
+        with torch.no_grad():
+            outputs = {name: part(pixels) for name, part in parts.items()}  # each [B, 9, D]
+        for b, scene in enumerate(chunk):
+            held = POSITIONS.index(scene["objects"][0]["position"])
+            for cell in set(range(9)) - {held}:
+                beside = abs(cell // 3 - held // 3) + abs(cell % 3 - held % 3) == 1
+                for name, out in outputs.items():
+                    tokens[name, beside].append(out[b, cell])
+                colours[beside].append(scene["objects"][0]["color"])
+    print(f"{len(scenes)} one-object scenes; the object's colour in the empty cells' tokens: "
+          "between-class share of variance / linear-probe accuracy")
+    for name in parts:
+        print(f"{name:27}" + "".join(
+            f"   {'beside' if b else 'farther'} ({len(colours[b])}) {between_share(torch.stack(tokens[name, b]), colours[b]):6.1%}"
+            f" / {probe_accuracy(torch.stack(tokens[name, b]), colours[b]):6.1%}" for b in (True, False)))
 
 
 def between_share(x: torch.Tensor, labels: list[str]) -> float:
@@ -111,8 +148,12 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("data", type=Path)
     p.add_argument("--scenes", type=int, default=1500)
+    p.add_argument("--empty", action="store_true", help="the empty cells of one-object scenes instead")
     args = p.parse_args()
-    print_shares(*object_tokens(args.model, args.data, args.scenes))
+    if args.empty:
+        print_empty_cells(args.model, args.data, args.scenes)
+    else:
+        print_shares(*object_tokens(args.model, args.data, args.scenes))
 
 
 if __name__ == "__main__":
