@@ -49,7 +49,7 @@ def test_stage2_config_is_the_recipes_stage_2(tmp_path):
     # what `run_nano` and `scripts/nano_spread.py` both run: the recipe's stage-2 settings, scaled
     cfg = NanoConfig(sft_steps=1000, scale=0.5, sft_lr=4e-4, sft_language_lr_scale=0.5, seed=7,
                      sft_trainable=("projector", "language"), sft_feature_cache=True, sft_group_by_length=8,
-                     sft_weight_decay=0.1)
+                     sft_weight_decay=0.1, batch_size=8, sft_batch_size=24)
     sft = stage2_config(cfg, tmp_path / "data", tmp_path / "align", tmp_path / "runs")
     assert (sft.model, sft.data, sft.images) == (str(tmp_path / "align"), str(tmp_path / "data" / "sft.json"),
                                                  str(tmp_path / "data"))
@@ -58,6 +58,8 @@ def test_stage2_config_is_the_recipes_stage_2(tmp_path):
     train = sft.train
     assert (train.out_dir, train.steps, train.lr, train.warmup_steps) == (str(tmp_path / "runs" / "sft"), 500, 4e-4, 50)
     assert (train.lr_scales, train.group_by_length, train.seed, train.weight_decay) == ({"language": 0.5}, 8, 7, 0.1)
+    assert train.batch_size == 24  # stage 2's own batch; 0 falls back to the one every stage uses
+    assert stage2_config(NanoConfig(batch_size=8), tmp_path, tmp_path, tmp_path).train.batch_size == 8
     default = stage2_config(NanoConfig(), tmp_path, tmp_path, tmp_path)
     assert default.train.lr_scales == {} and default.trainable == ["language"] and default.train.weight_decay == 0.01
     assert default.feature_cache == str(tmp_path / "features") and default.train.compile
