@@ -25,8 +25,8 @@ import torch
 from omnivision.loader import load
 from omnivision.model.omnivision import OmniVisionModel, init_weights
 from omnivision.train.config import load_config
-from omnivision.train.recipe_nano import (NanoConfig, _texts, _train_cfg, pretrain_tower, run_stage1,
-                                          stage1_config)
+from omnivision.train.nano_config import NanoConfig
+from omnivision.train.recipe_nano import _texts, _train_cfg, pretrain_tower, run_stage1, stage1_config
 from omnivision.train.recipe_text import pretrain_text
 from omnivision.weights.native import save_native
 

@@ -45,7 +45,8 @@ from omnivision.data.formats import read_qa
 from omnivision.loader import load
 from omnivision.train.checkpoint import complete_checkpoints
 from omnivision.train.config import load_config
-from omnivision.train.recipe_nano import NanoConfig, stage2_config
+from omnivision.train.nano_config import NanoConfig
+from omnivision.train.recipe_nano import stage2_config
 from omnivision.train.recipe_sft import run_sft
 
 COLUMNS = ("overall", "color", "shape", "count", "position", "chart", "color, one object")

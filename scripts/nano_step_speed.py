@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from omnivision.train.recipe_nano import NanoConfig, stage2_config
+from omnivision.train.nano_config import NanoConfig
+from omnivision.train.recipe_nano import stage2_config
 from omnivision.train.recipe_sft import run_sft
 
 SETTINGS = {"eager, tower in every step": {"sft_compile": False, "sft_feature_cache": False},

@@ -8,7 +8,7 @@ by `recipe_nano.pretrain_tower` with the recipe's settings; then, as `nano_featu
 whole model, it prints how much of each held-out object's cell token (the tower's 3x3 patches of its
 grid cell) is its colour, its shape and its cell: the between-class share of the variance and a
 linear probe's accuracy. A decoder learns slowly what has a small share, so this checks a change to
-the tower's pretraining in two minutes before a long run (README, The nano model).
+the tower's pretraining in two minutes before a long run (`docs/nano-recipe-history.md`, the model of 2026-12-07).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 from nano_features import cell_tokens, print_shares, shapes_scenes
 from omnivision.model.projector import spatial3x3
 from omnivision.train.image_loader import ImageLoader
-from omnivision.train.recipe_nano import NanoConfig, nano_tokenizer, pretrain_tower
+from omnivision.train.nano_config import NanoConfig
+from omnivision.train.recipe_nano import nano_tokenizer, pretrain_tower
 
 
 def main() -> None:

@@ -193,8 +193,12 @@ def capture(tmp: Path) -> dict:
 
 
 if __name__ == "__main__":
+    import os
     import tempfile
 
+    # as the test suite runs (`tests/conftest.py`): every kernel choice its first candidate, not the
+    # one timed fastest on this machine, whose other rounding moves the tiny KL of a good model
+    os.environ["OMNIVISION_KERNEL_TUNING"] = "off"
     with tempfile.TemporaryDirectory() as tmp:
         RECORDED.write_text(json.dumps(capture(Path(tmp)), indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {RECORDED}")

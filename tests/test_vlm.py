@@ -165,6 +165,22 @@ def test_answer_batch_equals_one_by_one(vlm):
         vlm.answer_batch([IMAGE, IMAGE], [PROMPT])
 
 
+def test_answer_batch_takes_each_questions_history(vlm):
+    # later turns: the images of past turns come first in each prompt, and the batch keeps them in order
+    other = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(other, format="PNG")
+    histories = [[Turn("What is this?", "a square", other.getvalue())], [],
+                 [Turn("Describe it.", "red", IMAGE), Turn("And the corner?", "green")]]
+    images = [IMAGE, other.getvalue(), None]
+    prompts = [PROMPT, "Say something.", "What colour dominates this picture?"]
+    batch = vlm.answer_batch(images, prompts, histories=histories, max_new_tokens=6)
+    single = [vlm.answer(im, p, history=h, max_new_tokens=6).text for im, p, h in zip(images, prompts, histories)]
+    assert batch == single
+    assert batch != vlm.answer_batch(images, prompts, max_new_tokens=6)  # the histories were read
+    with pytest.raises(ValueError, match="1 histories for 3 prompts"):
+        vlm.answer_batch(images, prompts, histories=histories[:1])
+
+
 def test_conversation_ids_keep_message_text_literal(vlm):
     """A request's text cannot forge turns: special-token text in it is tokenized as plain text,
     where the CLI's path (the official runtime's) parses it."""

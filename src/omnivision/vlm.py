@@ -199,13 +199,18 @@ class OmniVision:
         return self.answer(image, prompt, **kwargs).text
 
     def answer_batch(self, images: Sequence[ImageSource | None], prompts: Sequence[str], *,
-                     max_new_tokens: int = 256, template: str | None = None) -> list[str]:
-        """Greedy answers to several single-turn questions at once (the same answers as one by one)."""
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+                     histories: Sequence[Sequence[Turn]] | None = None, max_new_tokens: int = 256,
+                     template: str | None = None) -> list[str]:
+        """Greedy answers to several questions at once (the same answers as one by one), each a
+        single turn, or the next turn after its `histories` entry."""
+        histories = [()] * len(prompts) if histories is None else histories
+        for name, given in (("images", images), ("histories", histories)):
+            if len(given) != len(prompts):
+                raise ValueError(f"{len(given)} {name} for {len(prompts)} prompts")
         gen = self._generation_config(max_new_tokens, 0.0, 0, 1.0, 1.0, None)
-        batch = [self.prompt_ids(p, im, (), template)[0] for im, p in zip(images, prompts)]
-        present = [im for im in images if im is not None]
+        built = [self.prompt_ids(p, im, h, template) for im, p, h in zip(images, prompts, histories)]
+        batch = [ids for ids, _ in built]
+        present = [im for _, refers_to in built for im in refers_to]  # in the order the prompts hold them
         embeds = self.encode_images(present) if present else None
         out = generate_batch(self.model, batch, embeds, gen)
         return [strip_assistant_header(self.tokenizer.decode(ids)) for ids in out]

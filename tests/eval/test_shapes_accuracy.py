@@ -9,7 +9,7 @@ import pytest
 
 from omnivision.data.records import QAItem
 from omnivision.eval.scoring import pope
-from omnivision.eval.shapes_accuracy import pope_metrics, qa_accuracy
+from omnivision.eval.shapes_accuracy import pope_metrics, qa_accuracy, second_turn_accuracy
 
 
 def answerer(predictions: list[str], calls: list[int]):
@@ -42,6 +42,31 @@ def test_qa_accuracy_per_type_and_overall():
     assert list(out) == ["color", "count", "position", "shape", "overall"]
     assert calls == [2, 2, 1]
     assert qa_accuracy(answerer([], []), []) == {"overall": 0.0}
+
+
+def test_second_turn_accuracy_asks_each_question_after_another_of_its_image():
+    items = [QAItem("0", "images/0.png", "colour?", "red", "color"),
+             QAItem("1", "images/0.png", "shape?", "circle", "shape"),
+             QAItem("2", "images/0.png", "count?", "2", "count"),
+             QAItem("3", "images/1.png", "colour?", "blue", "color"),
+             QAItem("4", "images/1.png", "shape?", "square", "shape"),
+             QAItem("5", "images/2.png", "colour?", "green", "color")]  # alone on its image: left out
+    truth = {(i.image, i.question): i.answer for i in items}
+    seen = []
+
+    def answer(images, firsts, questions):
+        for image, (first, first_answer), question in zip(images, firsts, questions):
+            seen.append((image, first, question))
+            assert first != question and truth[(image, first)] == first_answer  # another question, answered right
+        # right about image 0, wrong about image 1
+        return [truth[(im, q)] if im == "images/0.png" else "no idea" for im, q in zip(images, questions)]
+
+    out = second_turn_accuracy(answer, items, batch=2)
+    assert [(im, q) for im, _, q in seen] == [(i.image, i.question) for i in items[:5]]
+    assert out == {"color": 0.5, "count": 1.0, "shape": 0.5, "overall": 0.6}
+    firsts = [f for _, f, _ in seen]
+    assert second_turn_accuracy(answer, items, batch=2) == out and [f for _, f, _ in seen[5:]] == firsts
+    assert second_turn_accuracy(answer, items, seed=1) == out  # another draw of first questions, same truths
 
 
 def test_pope_metrics_first_word_rule():

@@ -20,13 +20,12 @@ from omnivision.train.nano_report import markdown_table
 from omnivision.data.scenes import read_scenes
 from omnivision.data.shape_scenes import POSITIONS, ShapeScene
 from omnivision.train import recipe_nano
+from omnivision.train.nano_config import NanoConfig
 from omnivision.train.recipe_nano import (
     EMPTY_CELL,
-    NanoConfig,
     _cell_texts,
     balance_yes_no,
     evaluate,
-    nano_config,
     nano_tokenizer,
     pair_sources,
     pretrain_tower,
@@ -37,12 +36,6 @@ from omnivision.train.recipe_nano import (
 )
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None  # the curves are skipped without it
-
-
-def test_nano_config_gives_one_token_per_scene_cell():
-    config = nano_config(256)
-    assert config.vision.grid == 9 and config.projector.compression == "spatial3x3"
-    assert config.num_image_tokens == 9
 
 
 def test_stage2_config_is_the_recipes_stage_2(tmp_path):
@@ -59,9 +52,10 @@ def test_stage2_config_is_the_recipes_stage_2(tmp_path):
     assert (train.out_dir, train.steps, train.lr, train.warmup_steps) == (str(tmp_path / "runs" / "sft"), 500, 4e-4, 50)
     assert (train.lr_scales, train.group_by_length, train.seed, train.weight_decay) == ({"language": 0.5}, 8, 7, 0.1)
     assert train.batch_size == 24  # stage 2's own batch; 0 falls back to the one every stage uses
-    assert stage2_config(NanoConfig(batch_size=8), tmp_path, tmp_path, tmp_path).train.batch_size == 8
+    assert stage2_config(NanoConfig(batch_size=8, sft_batch_size=0), tmp_path, tmp_path, tmp_path).train.batch_size == 8
     default = stage2_config(NanoConfig(), tmp_path, tmp_path, tmp_path)
-    assert default.train.lr_scales == {} and default.trainable == ["language"] and default.train.weight_decay == 0.01
+    assert default.train.lr_scales == {} and default.train.weight_decay == 0.01
+    assert default.trainable == ["projector", "language"] and default.train.batch_size == 72  # the bundled run's
     assert default.feature_cache == str(tmp_path / "features") and default.train.compile
 
 
@@ -183,6 +177,8 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     for stage, scores in report["stages"].items():
         assert {"overall", "color", "shape", "count", "position", "chart"} <= scores["qa"].keys(), stage
         assert all(0.0 <= v <= 1.0 for v in scores["qa"].values()), (stage, scores["qa"])
+        assert scores["qa_second_turn"].keys() == scores["qa"].keys(), stage  # every kind asked second too
+        assert all(0.0 <= v <= 1.0 for v in scores["qa_second_turn"].values()), (stage, scores["qa_second_turn"])
         assert set(scores["pope"]) == {"random", "popular", "adversarial"}, stage
         for pope in scores["pope"].values():
             assert pope["n"] > 0, (stage, pope)
@@ -200,7 +196,7 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     assert table == markdown_table(report) and table.count("\n") == 5
     # every training stage logged finite losses, and the ones long enough to learn at this scale fell
     # (at this scale: text 2 logged steps, SigLIP 3, align 2, SFT 27, whose loss falls from ~5 to
-    # well under 0.6 of its start with the decoder at 5e-4 and the projector frozen, the defaults)
+    # well under 0.6 of its start with the projector and the decoder at 5e-4, the defaults)
     for stage in ("text", "siglip", "align", "sft"):
         losses = _losses(out / "runs" / stage)
         assert losses and all(math.isfinite(v) for v in losses), (stage, losses)
@@ -229,11 +225,14 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
-    # stages 2 and 3 train the decoder and leave the projector as stage 1 made it (the defaults)
+    # stage 2 trains the projector and the decoder, stage 3 the decoder alone; the tower stays as
+    # its pretraining made it (the defaults)
     aligned = load(out / "runs" / "align" / "model", dtype="float32").model.state_dict()
-    projector = [n for n in aligned if n.startswith("projector.")]
-    language = [n for n in aligned if n.startswith("language.")]
-    assert projector and language
-    assert all(torch.equal(got[n], aligned[n]) for n in projector)
-    assert not all(torch.equal(got[n], aligned[n]) for n in language)
+    tuned = load(out / "runs" / "sft" / "model", dtype="float32").model.state_dict()
+    parts = {part: [n for n in aligned if n.startswith(part + ".")] for part in ("vision", "projector", "language")}
+    assert all(parts.values())
+    assert all(torch.equal(got[n], aligned[n]) for n in parts["vision"])
+    assert not all(torch.equal(tuned[n], aligned[n]) for n in parts["projector"])
+    assert all(torch.equal(got[n], tuned[n]) for n in parts["projector"])
+    assert not all(torch.equal(tuned[n], aligned[n]) for n in parts["language"])
 

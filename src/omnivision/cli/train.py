@@ -112,7 +112,7 @@ def nano_config(args: argparse.Namespace):
     """The recipe's `NanoConfig`: the overrides, then the named flags (which win)."""
     import dataclasses
 
-    from omnivision.train.recipe_nano import NanoConfig
+    from omnivision.train.nano_config import NanoConfig
 
     flags = {"out": args.out, "scale": args.scale, "seed": args.seed}
     return dataclasses.replace(load_config(NanoConfig, None, args.overrides),

@@ -1,5 +1,6 @@
-"""Scoring the nano model on generated shapes data: answer accuracy by question type, POPE-style
-yes/no metrics per negative-sampling strategy, and how often captions name absent objects.
+"""Scoring the nano model on generated shapes data: answer accuracy by question type (asked first in a
+conversation, or second: `second_turn_accuracy`), POPE-style yes/no metrics per negative-sampling
+strategy, and how often captions name absent objects.
 
 Right and wrong follow the generated data's rule (`omnivision.data.answer_rule`), the one the
 `shapes_qa` scorer (reused here for the accuracy tables) and the stage-3 oracle teacher use: texts
@@ -15,7 +16,9 @@ scene, and the share of captions naming at least one (object- and caption-level,
 
 from __future__ import annotations
 
+import random
 import re
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from omnivision.data.answer_rule import is_correct, normalise, yes_no
@@ -25,8 +28,12 @@ from omnivision.eval.scoring import VLMEVALKIT, pope, shapes_qa
 Answerer = Callable[[list[str], list[str]], list[str]]
 """(image paths, questions) -> answers."""
 
-__all__ = ["Answerer", "absent_object_rate", "mentioned_objects", "normalise", "pope_metrics",
-           "qa_accuracy", "yes_no"]
+SecondTurnAnswerer = Callable[[list[str], list[tuple[str, str]], list[str]], list[str]]
+"""(image paths, a first turn about each image as (question, answer), questions) -> the answers to
+the questions asked next in those conversations."""
+
+__all__ = ["Answerer", "SecondTurnAnswerer", "absent_object_rate", "mentioned_objects", "normalise",
+           "pope_metrics", "qa_accuracy", "second_turn_accuracy", "yes_no"]
 
 
 def _answers(answer: Answerer, items: Sequence[QAItem], batch: int) -> list[str]:
@@ -39,8 +46,36 @@ def _answers(answer: Answerer, items: Sequence[QAItem], batch: int) -> list[str]
 
 def qa_accuracy(answer: Answerer, items: Sequence[QAItem], batch: int = 32) -> dict[str, float]:
     """Exact-match accuracy per question type and overall."""
+    return _accuracy(items, _answers(answer, items, batch))
+
+
+def second_turn_accuracy(answer: SecondTurnAnswerer, items: Sequence[QAItem], seed: int = 0,
+                         batch: int = 32) -> dict[str, float]:
+    """`qa_accuracy` with each question asked second in a conversation about its image: after
+    another question of the same image (drawn with `seed`) and that question's right answer, the
+    image given with the first. A model trained on single questions can answer first questions
+    and fail later ones, which the first-turn table does not show. A question whose image has no
+    other is left out."""
+    rng = random.Random(seed)
+    by_image: dict[str, list[QAItem]] = defaultdict(list)
+    for item in items:
+        by_image[item.image].append(item)
+    asked = []
+    for item in items:
+        others = [o for o in by_image[item.image] if o is not item]
+        if others:
+            asked.append((item, rng.choice(others)))
+    answers: list[str] = []
+    for start in range(0, len(asked), batch):
+        chunk = asked[start:start + batch]
+        answers += answer([i.image for i, _ in chunk], [(f.question, f.answer) for _, f in chunk],
+                          [i.question for i, _ in chunk])
+    return _accuracy([i for i, _ in asked], answers)
+
+
+def _accuracy(items: Sequence[QAItem], answers: Sequence[str]) -> dict[str, float]:
     records = []
-    for item, given in zip(items, _answers(answer, items, batch)):
+    for item, given in zip(items, answers):
         record = {"answer": item.answer, "prediction": given, "qtype": item.qtype}
         records.append({**record, "score": shapes_qa.score(record).score})
     table = shapes_qa.aggregate(records)

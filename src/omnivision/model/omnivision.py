@@ -176,8 +176,9 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
     twentieth of its patch content (norm 0.3 against 6.6), and in the nano recipe the image tokens
     reaching the decoder no longer told which grid cell they came from: a linear probe read the
     cell of an occupied token at chance (15 %), so "What color is the object at the top left?" was
-    answered with another object's colour on every scene of two or more objects (README, "Where
-    each image token is"). At 1/sqrt(width) the tower's output keeps the cell (probe 84 -> 99 %)."""
+    answered with another object's colour on every scene of two or more objects
+    (`docs/nano-recipe-history.md`, "Where each image token is"). At 1/sqrt(width) the tower's
+    output keeps the cell (probe 84 -> 99 %)."""
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
             module.weight.normal_(0.0, std)

@@ -7,23 +7,22 @@
    (`recipe_siglip.py`).
 5. Stage 1, align: only the projector learns, on captions (`recipe_align.py`; or on stage 2's
    conversations, `align_data`).
-6. Stage 2, SFT on the question-answer conversations (`recipe_sft.py`); only the decoder learns
-   (`sft_trainable`), the tower and the projector stay as stages 0-1 made them; batches hold
-   conversations of similar length. Trained along, the tower lost what it had of colour (its share
-   of an object's feature variance fell from 21 % to 1 %, `scripts/nano_features.py`), and the
-   projector, even at a tenth of the decoder's rate, loses which grid cell a token is (see
-   `sft_trainable`).
+6. Stage 2, SFT on the question-answer conversations, one or two questions each (`recipe_sft.py`); the
+   projector and the decoder learn (`sft_trainable`), the tower stays as step 4 made it; batches
+   hold conversations of similar length. Trained along, the tower lost what it had of colour (its
+   share of an object's feature variance fell from 21 % to 1 %, `scripts/nano_features.py`).
 7. Stage 3: the stage-2 model answers yes/no probes and single questions of training scenes, the
    ground-truth oracle makes minimal corrections, DPO on the kept pairs trains the decoder
    (`make_pairs.py`, `recipe_dpo.py`).
 
-After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json` holds every
-number and `model/` the final native checkpoint. The step counts below took 25.3 minutes on the
-project's 2-core AMX Xeon (2026-12-07, 31.9 before the decoder was compiled as two graphs; issue 16
-allows 30 there, 60 on the AMD EPYC, where they are not timed); `scale` multiplies them (a small
-`scale` is the CI smoke test). At a given thread count a run is deterministic: run from nothing, the
-command wrote the bundled model (2 threads, 2026-12-07) and remade it byte for byte after that
-change, as it had remade the model before it.
+After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json`
+holds every number and `model/` the final native checkpoint. The settings are `nano_config.py`'s;
+with them the command wrote the bundled model in 39.6 minutes from nothing on the project's 2-core
+AMD EPYC (no AMX; 2026-12-07; issue 16 allows 60 there and 30 on the AMX Xeon, where these settings
+are not yet timed); `scale` multiplies the step counts (a small `scale` is the CI smoke test). At a
+given thread count on a given CPU a run is deterministic (two runs from nothing wrote the same
+`model.safetensors` byte for byte); on another CPU the bf16 kernels round differently and a run is
+another draw.
 """
 
 from __future__ import annotations
@@ -32,20 +31,20 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from omnivision.config import OmniVisionConfig, ProcessingConfig, ProjectorConfig, TextConfig, VisionConfig
+from omnivision.config import OmniVisionConfig
 from omnivision.data.formats import read_captions, read_conversations, read_qa, write_jsonl
-from omnivision.data.shapes_dataset import MAX_TURNS, generate_shapes_dataset
+from omnivision.data.shapes_dataset import generate_shapes_dataset
 from omnivision.data.questions import caption, descriptions, where
 from omnivision.data.records import PreferencePair
 from omnivision.data.scenes import read_scenes
-from omnivision.data.shape_scenes import BACKGROUND, POSITIONS, ShapeScene
+from omnivision.data.shape_scenes import POSITIONS, ShapeScene
 from omnivision.embedding_cache import ImageEmbeddingCache
-from omnivision.eval.shapes_accuracy import absent_object_rate, pope_metrics, qa_accuracy
+from omnivision.eval.shapes_accuracy import (absent_object_rate, pope_metrics, qa_accuracy,
+                                             second_turn_accuracy)
 from omnivision.loader import load
 from omnivision.model import OmniVisionModel, init_weights
 from omnivision.model.siglip import SiglipVisionTower
@@ -55,6 +54,7 @@ from omnivision.processing.tokenizer_training import train_byte_level_bpe
 from omnivision.train.config import TrainConfig
 from omnivision.train.image_loader import ImageLoader
 from omnivision.train.make_pairs import PairSource, make_pairs
+from omnivision.train.nano_config import NanoConfig, nano_config
 from omnivision.train.nano_report import markdown_table
 from omnivision.train.recipe_align import CAPTION_PROMPT, AlignConfig, run_align
 from omnivision.train.recipe_dpo import DPOConfig, run_dpo
@@ -62,171 +62,8 @@ from omnivision.train.recipe_sft import SFTConfig, run_sft
 from omnivision.train.recipe_siglip import SiglipPretrainModel, pretrain_siglip
 from omnivision.train.recipe_text import pretrain_text
 from omnivision.train.teachers import OracleTeacher
-from omnivision.vlm import OmniVision
+from omnivision.vlm import OmniVision, Turn
 from omnivision.weights.native import save_native
-
-
-def nano_config(vocab_size: int) -> OmniVisionConfig:
-    """90-pixel images in 10-pixel patches: a 9x9 patch grid whose 3x3 blocks are exactly the scene's
-    grid cells, so the 3x3 spatial merge gives one image token per cell (9 tokens).
-
-    Pixels are normalised around the scenes' background colour: with the usual mean of 0.5 the
-    background dominates every patch embedding, the image-to-image variation is a few percent of
-    the features, and training collapses the tower to a constant before it learns shapes (measured:
-    shape answers stayed at chance on one-object scenes; centred, they were learned in 200 steps).
-
-    The decoder shares 2 key/value heads among its 6 query heads, as Qwen2.5 shares 2 among 14. One
-    per query head, on the same data, tower and projector, answered no better after stage 2 (76.3
-    and 72.8 % against 81.1 and 72.2 on two decoder seeds; `scripts/nano_redraw.py --text
-    num_kv_heads=6`, AMD EPYC, 2026-12-07)."""
-    return OmniVisionConfig(
-        vision=VisionConfig(image_size=90, patch_size=10, hidden_size=128, intermediate_size=512,
-                            num_layers=4, num_heads=4, has_head=True),
-        projector=ProjectorConfig(compression="spatial3x3", hidden_size=256),
-        text=TextConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_layers=4,
-                        num_heads=6, num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=512),
-        processing=ProcessingConfig(image_mean=tuple(c / 255 for c in BACKGROUND), image_std=(0.25,) * 3),
-        image_token_id=6, stop_token_ids=(2, 0), name="omnivision-nano")
-
-
-@dataclass
-class NanoConfig:
-    out: str = "runs/nano"
-    train_scenes: int = 8000
-    eval_scenes: int = 300
-    seed: int = 1
-    eval_seed: int = 1001
-    vocab_size: int = 768
-    text_steps: int = 150
-    siglip_steps: int = 300
-    siglip_cell_texts: bool = False
-    """Add the region objective to the tower's pretraining (`recipe_siglip.py`): each grid cell's
-    tokens against the text of what the cell holds and where (`_cell_texts`). It keeps colour,
-    shape and cell each a fifth of an object token's variance whatever the draw, but the one full
-    run made with it answered worse (72.0 % held-out against 82.0; `docs/nano-recipe-history.md`): stage 1
-    then took colour's share down instead of up. With `align_data="conversations"` as well, four
-    seeds answered colour at 40.4-51.2 % after 2,700 stage-2 steps, where the recipe as shipped drew
-    25.0-28.3 on two seeds and 61-64 on the bundled model's (AMX Xeon, 2026-12-07): a narrower spread,
-    not yet a better best. Off, the recipe makes the bundled model."""
-    align_steps: int = 150
-    align_data: str = "captions"
-    """What stage 1 trains the projector on, the decoder frozen: the training scenes' "captions" (one
-    caption request each, the usual alignment data) or all of stage 2's "conversations" (the caption
-    requests and the questions). On towers pretrained with the region objective the conversations
-    gave the decoder image tokens it read colour from sooner (`scripts/nano_spread.py --one-object`:
-    66.7 % against 56.1 % colour on lone objects after 900 steps, seed 2; README, The nano model);
-    on a tower without it they did not (14.0 against 21.1, chance 17)."""
-    sft_steps: int = 8100
-    """Stage 2's steps, in batches of conversations of similar length (`TrainConfig.group_by_length`):
-    random batches were half padding, so grouped ones run twice as many steps in the same time, and
-    stage 2 is limited by its steps (1,350 steps: 46.8 %, 2,700: 64.5 %; the AMD EPYC; every
-    kind still rising at 5,400, `scripts/nano_spread.py`). 8,100 since the compiled decoder and the
-    feature cache made a step cheaper: 89.0-92.4 % over three batch orders (README, The nano model).
-    A run of 7,200 steps without the system prompt (1.23x the steps a second) answered 70.7 %, colour
-    48.3: a draw that did not learn colour, not yet told apart from an effect of either change."""
-    sft_trainable: tuple[str, ...] = ("language",)
-    """The parts stage 2 trains. Training the projector here takes the grid cell out of the image
-    tokens, and questions about one object of several get another object's answer. From one stage-1
-    model (held-out seed, AMD EPYC, 2026-12-05): projector and decoder at 5e-4, stage 2 77.4 %
-    (colour 70.4, position 52.1, cell probe 72.1 -> 33.6 %); projector at 5e-5, decoder at 5e-4,
-    73.2 % (colour 52.1, position 50.0; the cell's share of the token's variance 11.6 -> 4.7 %);
-    projector frozen, 81.0 % (colour 81.7, position 65.0), but chart 78.9 against 89.4 and POPE F1
-    0.87-0.90 against 0.94-0.96: frozen, the yes/no probes mostly check the shape alone
-    (`scripts/nano_answers.py`). Single runs spread by several points (README, The nano model).
-    Training both led by 10 points of colour after 2,700 steps on three draws of stages 0-1 but
-    ended level on one at 8,100 (80.7 % against 81.1) and 8.2 points ahead on another (80.4 against
-    72.2; AMD EPYC, 2026-12-07). With one question a conversation (`sft_max_turns=1`,
-    `sft_batch_size=96`) as well: 98.2 and 97.6 on the same two draws."""
-    sft_feature_cache: bool = True
-    """Stage 2 reads the frozen tower's features from a cache computed once per image under the
-    step's autocast and attention kernels (`SFTConfig.feature_cache`), instead of running the tower
-    in every step: the same training bit for bit on the CPU, faster where the tower is costly (the
-    AMD EPYC: 1.41x the steps per second, measured with an earlier float32 cache; the AMX Xeon:
-    1.35x, and 1.52x with `sft_compile`, `scripts/nano_step_speed.py`, 2026-12-06). It takes about
-    260 MB of disk for the recipe's 8,000 scenes (`runs/features`). Before 2026-12-06 the cache
-    held float32 features that differed from a step's by about 0.1 %, so its runs were other draws
-    of stage 2."""
-    sft_compile: bool = True
-    """Stage 2 runs its decoder compiled (`TrainConfig.compile`; eager, with a warning, where
-    torch.compile cannot build correct code). On the AMX Xeon 1.11x the conversations a second
-    alone, 1.52x with the feature cache (`scripts/nano_step_speed.py`, 2026-12-06)."""
-    sft_questions: str = "one"
-    """What stage 2's conversations ask of each training scene (`generate_shapes_dataset`): "one"
-    question of each kind, or "every" question (each object's colour, shape and place). From the
-    bundled run's stage-1 model on the feature cache, stage 2 answered 69.6 % held-out with one
-    question (colour 47.5), 70.0 with every question (42.9), and 75.0 with every question one a
-    conversation (`sft_max_turns=1`, 8,100 steps; colour 43.8; AMD EPYC, 2026-12-06;
-    `docs/nano-recipe-history.md`): shape, count and place gained, colour did not."""
-    sft_max_turns: int = MAX_TURNS
-    """The most questions one of stage 2's conversations asks (`generate_shapes_dataset`). At 1,
-    with 96 conversations a step (`sft_batch_size`, as many answers a step), stage 2 ended 7.8 and
-    5.8 points ahead of the recipe's on two draws of stages 0-1 (88.9 % against 81.1, 78.0 against
-    72.2; colour and position 9-14 points ahead on both; AMD EPYC, 2026-12-07, 8,100 steps,
-    `scripts/nano_requestion.py`), at 0.29 s a step against 0.18. With the projector learning as
-    well (`sft_trainable`), both draws ended at 98.2 and 97.6 %, colour 100 on both (one thread
-    each). Not yet the default (README, The nano model)."""
-    sft_batch_size: int = 0
-    """Stage 2's conversations a step (0: `batch_size`, which every other stage uses). With one
-    question a conversation (`sft_max_turns=1`) a step needs three times the conversations to see
-    as many answers as the recipe's conversations of about three questions."""
-    sft_group_by_length: int = 16
-    """Stage 2's `TrainConfig.group_by_length` (0: random batches)."""
-    sft_weight_decay: float = 0.01
-    """Stage 2's AdamW weight decay (on the weight matrices; `TrainConfig.weight_decay`). The other
-    stages keep 0.01. At 0.1, stage 2 ended at 79.7 % against 81.1 on one draw of stages 0-1 and
-    76.7 against 72.2 on another (AMD EPYC, 2026-12-07, 8,100 steps): within the draws' spread."""
-    sft_language_lr_scale: float = 1.0
-    """Stage 2's decoder learns at this multiple of `sft_lr` (the projector's rate). A separate rate
-    mattered while the projector learned at 2e-3: the decoder at a quarter of it lifted colour from
-    chance (`docs/nano-recipe-history.md`). With the tower's position table initialised at its own
-    scale and stage 1 at 3e-4, both parts at 5e-4 did best (stage 2 71.4 % against 53.9 % with the
-    projector at 2e-3 and the decoder at 5e-4; the AMD EPYC, 2026-12-05). With the projector frozen
-    (`sft_trainable`) only the decoder's rate, `sft_lr` times this, matters: doubled, it ended
-    stage 2 at 67.4 % against 81.1 (AMD EPYC, 2026-12-07, 8,100 steps)."""
-    dpo_sources: int = 1000
-    """Stage 3 draws this many training prompts of each kind in `dpo_kinds` (times `scale` when
-    below 1, at least 40) for the stage-2 model to answer; the oracle's corrections of its wrong
-    answers are the pairs."""
-    dpo_kinds: tuple[str, ...] = ("probe", "question")
-    """Which prompts: caption requests ("caption"), yes/no probes ("probe"), the training scenes'
-    single questions of every kind ("question"). Captions are left out: with stage 2 on grouped
-    batches the captions name no absent object (0.0 % held-out), and their pairs were chart
-    values; on one stage-2 model (QA 77.4 %, POPE F1 94.3-95.8), 30 steps on caption and probe
-    pairs gave QA 77.6 %, F1 92.9-94.6, on probe and question pairs 77.9 %, F1 93.9-95.7 (AMD
-    EPYC, 2026-12-05)."""
-    dpo_steps: int = 5
-    """Stage 3's steps (batch 16). The fewer errors stage 2 leaves, the fewer pairs, and the same
-    steps are more passes over them: from the 91.7 % stage-2 model of the recipe's 2026-12-06 run (79
-    pairs, most of them places), 30 steps (six passes) took QA to 89.9 %, colour 98.8 -> 90.8, and
-    captions from naming no absent object to 6.3 %; 10 steps gave 91.9 % and 0.4 %, 5 steps (one
-    pass) 92.3 % and 0.2 %, a rate of 1e-5 at 30 steps 91.7 % and 0.5 % (AMX Xeon). On a weaker
-    stage-2 model (QA 77.9 %), 100 steps had cost answers too: 75.5 % against 77.9 at 30."""
-    dpo_trainable: tuple[str, ...] = ("language",)
-    """The parts stage 3 trains. After a stage 2 with the projector frozen, training it here cost
-    6.7 points of answers and raised absent objects from 3.2 to 34 %; the decoder alone added a
-    point and lowered them to 2.1 %."""
-    dpo_lr: float = 2e-5
-    """Stage 3's rate."""
-    dpo_nll_weight: float = 1.0
-    """Stage 3's `DPOConfig.nll_weight`: the weight of the chosen answers' own loss next to DPO's.
-    Plain DPO on the recipe's pairs lowered the chosen answers' likelihood along with the rejected
-    ones (their per-token loss rose from 0.081 to 0.151 in 100 steps); at 1.0 it held (0.075)."""
-    align_lr: float = 3e-4
-    """Stage 1's rate (only the projector learns). At 3e-3 the projector's output lost the
-    image tokens' grid cell (linear probe 88.5 % at initialisation, 23 % after stage 1); at 3e-4 it
-    kept more of it, at the same caption loss (`scripts/nano_features.py`). Lower is not better:
-    at 1e-4 the probe read 84.4 % against 72.1 % at 3e-4, but the stage 2 that followed, projector
-    frozen, answered 72.1 % against 81.0 (one thread against two; AMD EPYC, 2026-12-05)."""
-    sft_lr: float = 5e-4
-    """Stage 2's rate: the projector's; the decoder's is this times `sft_language_lr_scale`."""
-    precision: str = "auto"
-    """The training loop's `TrainConfig.precision` for every stage: auto (bf16 autocast where the
-    CPU has native bf16), fp32 or bf16."""
-    batch_size: int = 32
-    scale: float = 1.0
-    """Multiplies every step count (and divides the scene counts when below 1)."""
-    threads: int = 0
-    """torch threads (0: leave torch's default)."""
 
 
 def _steps(n: int, scale: float) -> int:
@@ -315,13 +152,19 @@ def pretrain_tower(cfg: NanoConfig, config: OmniVisionConfig, tokenizer: Tokeniz
 
 
 def evaluate(vlm: OmniVision, data: Path) -> dict:
-    """Held-out scores: QA accuracy by type, POPE per strategy, absent objects in captions.
+    """Held-out scores: QA accuracy by type, asked first and asked second in a conversation (after
+    another question of the image with its right answer), POPE per strategy, absent objects in
+    captions.
 
     Each held-out image is asked about ~15 times, spread over the whole evaluation, so for the call the
     model's embedding cache (16 images) is swapped for one as large as the held-out set: every image
     goes through the tower about once, with the same scores (16.0 against 11.2 s on the nano stage-2 model)."""
     def answer(images, questions):
         return vlm.answer_batch([data / i for i in images], questions, max_new_tokens=32)
+
+    def answer_second(images, firsts, questions):
+        return vlm.answer_batch([None] * len(images), questions, max_new_tokens=32,
+                                histories=[[Turn(q, a, data / i)] for i, (q, a) in zip(images, firsts)])
 
     meta = json.loads((data / "meta.json").read_text())["vocabulary"]
     scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
@@ -330,7 +173,9 @@ def evaluate(vlm: OmniVision, data: Path) -> dict:
     try:
         captions = answer([s["image"] for s in shape_scenes], [CAPTION_PROMPT] * len(shape_scenes))
         present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shape_scenes]
-        return {"qa": qa_accuracy(answer, read_qa(data / "qa.jsonl")),
+        questions = read_qa(data / "qa.jsonl")
+        return {"qa": qa_accuracy(answer, questions),
+                "qa_second_turn": second_turn_accuracy(answer_second, questions),
                 "pope": pope_metrics(answer, read_qa(data / "pope.jsonl")),
                 "absent_objects": absent_object_rate(captions, present, meta["colors"], meta["shapes"])}
     finally:
