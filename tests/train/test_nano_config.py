@@ -24,3 +24,11 @@ def test_stage_2_asks_one_or_two_questions_a_conversation_by_default(tmp_path):
     conversations = read_conversations(tmp_path / "sft.json")
     asked = [sum(role == "user" for role, _ in c.turns) for c in conversations]
     assert set(asked) == {1, 2}  # second questions too: the model must answer follow-ups
+
+
+def test_stage_3_asks_about_fresh_scenes_by_default():
+    # the defaults the bundled model was made with: captions, probes and questions about scenes
+    # drawn with a seed of their own, so the pairs hold the errors the model makes on new images
+    cfg = NanoConfig()
+    assert cfg.dpo_scenes > 0 and cfg.dpo_kinds == ("caption", "probe", "question")
+    assert len({cfg.seed, cfg.eval_seed, cfg.dpo_seed}) == 3

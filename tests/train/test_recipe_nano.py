@@ -207,13 +207,21 @@ def test_tiny_scale_run_writes_every_stage(tmp_path):
     quarter = len(sft) // 4
     assert quarter >= 4 and _mean(sft[-quarter:]) < 0.6 * _mean(sft[:quarter]), sft
     assert (out / "stage0").is_dir() and (out / "runs" / "align" / "model").is_dir()
-    # the DPO pairs: every one of the 40 yes/no probes and 40 single questions is kept or counted
-    # as dropped, what is kept is what was written, and DPO trained on it (at this scale the model's
+    # the DPO pairs: every one of the 40 caption requests, 40 yes/no probes and 40 single questions
+    # about stage 3's 40 fresh scenes (none of them a training scene) is kept or counted as
+    # dropped, what is kept is what was written, and DPO trained on it (at this scale the model's
     # answers usually hold chat-template text, so none is kept and stage 3 ships the SFT model)
+    meta = json.loads((out / "dpo-data" / "meta.json").read_text())
+    assert (meta["n"], meta["seed"]) == (40, NanoConfig().dpo_seed)
+    def content(path):  # what each scene shows, without its id and file name
+        return [repr(r.scene) for r in read_scenes(path / "scenes.jsonl")]
+    trained = set(content(out / "data"))
+    assert sum(c in trained for c in content(out / "dpo-data")) < 10  # another draw (one object alike can recur)
     pairs = (out / "pairs.jsonl").read_text().splitlines()
     assert report["pairs"]["kept"] == len(pairs)
     assert all(n > 0 for n in report["pairs"]["dropped"].values()), report["pairs"]
-    assert len(pairs) + sum(report["pairs"]["dropped"].values()) == 80, report["pairs"]
+    assert len(pairs) + sum(report["pairs"]["dropped"].values()) == 120, report["pairs"]
+    assert all((out / "dpo-data" / json.loads(p)["image"]).is_file() for p in pairs)
     if pairs:
         losses = _losses(out / "runs" / "dpo")
         assert losses and all(math.isfinite(v) for v in losses), losses

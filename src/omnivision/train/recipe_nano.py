@@ -1,6 +1,7 @@
 """`omnivision train recipe nano --out DIR`: from nothing to a working small model, on a CPU.
 
-1. Generate training scenes and a held-out set with another seed (`data/shapes_dataset.py`).
+1. Generate training scenes, a held-out set and stage 3's fresh scenes, each with its own seed
+   (`data/shapes_dataset.py`).
 2. Train a byte-level BPE tokenizer on the generated text, with the chat template's special tokens.
 3. Pretrain the language model on the text alone (`recipe_text.py`).
 4. Pretrain the vision tower with the SigLIP sigmoid loss on captions and short descriptions
@@ -11,9 +12,9 @@
    projector and the decoder learn (`sft_trainable`), the tower stays as step 4 made it; batches
    hold conversations of similar length. Trained along, the tower lost what it had of colour (its
    share of an object's feature variance fell from 21 % to 1 %, `scripts/nano_features.py`).
-7. Stage 3: the stage-2 model answers yes/no probes and single questions of training scenes, the
-   ground-truth oracle makes minimal corrections, DPO on the kept pairs trains the decoder
-   (`make_pairs.py`, `recipe_dpo.py`).
+7. Stage 3: the stage-2 model describes and answers yes/no probes and single questions about
+   scenes it has not seen, the ground-truth oracle makes minimal corrections, DPO on the kept pairs
+   trains the decoder (`make_pairs.py`, `recipe_dpo.py`).
 
 After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json`
 holds every number and `model/` the final native checkpoint. The settings are `nano_config.py`'s;
@@ -221,10 +222,21 @@ def balance_yes_no(pairs: list[PreferencePair]) -> tuple[list[PreferencePair], i
     return kept, len(pairs) - len(kept)
 
 
+def dpo_data(cfg: NanoConfig, out: Path, image_size: int) -> Path | None:
+    """Stage 3's fresh scenes (`cfg.dpo_scenes` of them, seed `cfg.dpo_seed`, scaled as the training
+    scenes are) written to `out`/dpo-data; None when stage 3 asks about the training scenes."""
+    if cfg.dpo_scenes <= 0:
+        return None
+    n = max(40, int(cfg.dpo_scenes * min(1.0, cfg.scale)))
+    generate_shapes_dataset(out / "dpo-data", n, cfg.dpo_seed, image_size=image_size)
+    return out / "dpo-data"
+
+
 def stage3(cfg: NanoConfig, data: Path, stage2_dir: Path, out: Path, stage2: OmniVision | None = None
            ) -> tuple[Path, dict]:
-    """Stage 3 from the stage-2 model in `stage2_dir`: its answers to training prompts of the kinds
-    `cfg.dpo_kinds`, the oracle's minimal corrections (`pairs.jsonl` in `out`), DPO on
+    """Stage 3 from the stage-2 model in `stage2_dir`: its answers to prompts of the kinds
+    `cfg.dpo_kinds` about the scenes in `data` (the fresh ones of `dpo_data`, or the training
+    scenes when `cfg.dpo_scenes` is 0), the oracle's minimal corrections (`pairs.jsonl` in `out`), DPO on
     them (`runs/dpo` in `out`). Returns the final model's folder (the stage-2 one when no pair was
     kept) and the pair counts."""
     stage2 = stage2 or load(stage2_dir, dtype="float32")
@@ -319,6 +331,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     generate_shapes_dataset(data, n_train, cfg.seed, image_size=size, sft_questions=cfg.sft_questions,
                             max_turns=cfg.sft_max_turns)
     generate_shapes_dataset(held_out, n_eval, cfg.eval_seed, image_size=size)
+    prompts = dpo_data(cfg, out, size) or data
     lap("data")
 
     config, tokenizer = nano_tokenizer(data, cfg.vocab_size)
@@ -344,7 +357,7 @@ def run_nano(cfg: NanoConfig) -> dict:
     report["stages"]["2-sft"] = evaluate(stage2, held_out)
     lap("stage 2")
 
-    final, report["pairs"] = stage3(cfg, data, out / "runs" / "sft" / "model", out, stage2)
+    final, report["pairs"] = stage3(cfg, prompts, out / "runs" / "sft" / "model", out, stage2)
     report["stages"]["3-dpo"] = evaluate(load(final, dtype="float32"), held_out)
     lap("stage 3")
 
