@@ -18,9 +18,9 @@
 
 After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.py`); `report.json`
 holds every number and `model/` the final native checkpoint. The settings are `nano_config.py`'s;
-with them the command wrote the bundled model in 39.6 minutes from nothing on the project's 2-core
-AMD EPYC (no AMX; 2026-12-07; issue 16 allows 60 there and 30 on the AMX Xeon, where these settings
-are not yet timed); `scale` multiplies the step counts (a small `scale` is the CI smoke test). At a
+with them the command writes the bundled model in 40.2 minutes from nothing on the project's 2-core
+AMD EPYC (no AMX; stages 0-2 timed on 2026-12-07, stage 3 on 2026-12-08; issue 16 allows 60 there
+and 30 on the AMX Xeon, where these settings are not yet timed); `scale` multiplies the step counts (a small `scale` is the CI smoke test). At a
 given thread count on a given CPU a run is deterministic (two runs from nothing wrote the same
 `model.safetensors` byte for byte); on another CPU the bf16 kernels round differently and a run is
 another draw.
