@@ -20,8 +20,8 @@ After stages 1-3 the model is scored on the held-out set (`eval/shapes_accuracy.
 holds every number and `model/` the final native checkpoint. The settings are `nano_config.py`'s;
 with them the command writes the bundled model in 40.2 minutes from nothing on the project's 2-core
 AMD EPYC (no AMX; stages 0-2 timed on 2026-12-07, stage 3 on 2026-12-08; issue 16 allows 60 there
-and 30 on the AMX Xeon, where these settings are not yet timed); `scale` multiplies the step counts (a small `scale` is the CI smoke test). At a
-given thread count on a given CPU a run is deterministic (two runs from nothing wrote the same
+and 30 on the AMX Xeon, where these settings are not yet timed); `scale` multiplies the step counts
+(a small `scale` is the CI smoke test). At a given thread count on a given CPU a run is deterministic (two runs from nothing wrote the same
 `model.safetensors` byte for byte); on another CPU the bf16 kernels round differently and a run is
 another draw.
 """
@@ -236,8 +236,8 @@ def stage3(cfg: NanoConfig, data: Path, stage2_dir: Path, out: Path, stage2: Omn
            ) -> tuple[Path, dict]:
     """Stage 3 from the stage-2 model in `stage2_dir`: its answers to prompts of the kinds
     `cfg.dpo_kinds` about the scenes in `data` (the fresh ones of `dpo_data`, or the training
-    scenes when `cfg.dpo_scenes` is 0), the oracle's minimal corrections (`pairs.jsonl` in `out`), DPO on
-    them (`runs/dpo` in `out`). Returns the final model's folder (the stage-2 one when no pair was
+    scenes when `cfg.dpo_scenes` is 0), the oracle's minimal corrections (`pairs.jsonl` in `out`),
+    DPO on them (`runs/dpo` in `out`). Returns the final model's folder (the stage-2 one when no pair was
     kept) and the pair counts."""
     stage2 = stage2 or load(stage2_dir, dtype="float32")
     n = max(40, int(cfg.dpo_sources * min(1.0, cfg.scale)))
