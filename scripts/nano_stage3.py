@@ -30,28 +30,22 @@ from pathlib import Path
 import torch
 
 from omnivision.data.shapes_dataset import generate_shapes_dataset
-from omnivision.eval.shapes_accuracy import absent_object_rate
 from omnivision.loader import load
 from omnivision.train.config import load_config
 from omnivision.train.nano_config import NanoConfig
 from omnivision.train.nano_report import markdown_table
-from omnivision.train.recipe_align import CAPTION_PROMPT
-from omnivision.train.recipe_nano import dpo_data, evaluate, stage3
+from omnivision.train.recipe_nano import absent_objects, dpo_data, evaluate, stage3
 from omnivision.vlm import OmniVision
 
 
-def absent_objects(vlm: OmniVision, data: Path) -> dict[str, float]:
-    """Absent objects named in `vlm`'s greedy captions of the scenes with objects in `data`."""
-    meta = json.loads((data / "meta.json").read_text())["vocabulary"]
-    scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
-    shapes = [s for s in scenes if s["kind"] == "shapes"]
-    captions: list[str] = []
-    for start in range(0, len(shapes), 64):
-        chunk = shapes[start:start + 64]
-        captions += vlm.answer_batch([data / s["image"] for s in chunk], [CAPTION_PROMPT] * len(chunk),
-                                     max_new_tokens=48)
-    present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shapes]
-    return absent_object_rate(captions, present, meta["colors"], meta["shapes"])
+def captioner(vlm: OmniVision, data: Path):
+    """`vlm`'s greedy answers about images of `data`, 64 at a time, long enough for any caption."""
+    def answer(images: list[str], prompts: list[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(images), 64):
+            out += vlm.answer_batch([data / im for im in images[i:i + 64]], prompts[i:i + 64], max_new_tokens=48)
+        return out
+    return answer
 
 
 def main() -> None:
@@ -82,7 +76,8 @@ def main() -> None:
                     "absent_objects": {}}
     for name, vlm in (("2-sft", stage2), ("3-dpo", load(final, dtype="float32"))):
         report["stages"][name] = evaluate(vlm, args.run / "eval-data")
-        report["absent_objects"][name] = {seed: absent_objects(vlm, args.out / f"absent-{seed}")
+        report["absent_objects"][name] = {seed: absent_objects(captioner(vlm, args.out / f"absent-{seed}"),
+                                                               args.out / f"absent-{seed}")
                                           for seed, _ in sets}
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"stage 3 pairs: {pairs}")

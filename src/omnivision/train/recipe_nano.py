@@ -33,6 +33,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -167,20 +168,29 @@ def evaluate(vlm: OmniVision, data: Path) -> dict:
         return vlm.answer_batch([None] * len(images), questions, max_new_tokens=32,
                                 histories=[[Turn(q, a, data / i)] for i, (q, a) in zip(images, firsts)])
 
-    meta = json.loads((data / "meta.json").read_text())["vocabulary"]
-    scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
-    shape_scenes = [s for s in scenes if s["kind"] == "shapes"]
-    own_cache, vlm.image_cache = vlm.image_cache, ImageEmbeddingCache(len(scenes))
+    n_scenes = len((data / "scenes.jsonl").read_text().splitlines())
+    own_cache, vlm.image_cache = vlm.image_cache, ImageEmbeddingCache(n_scenes)
     try:
-        captions = answer([s["image"] for s in shape_scenes], [CAPTION_PROMPT] * len(shape_scenes))
-        present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shape_scenes]
+        absent = absent_objects(answer, data)
         questions = read_qa(data / "qa.jsonl")
         return {"qa": qa_accuracy(answer, questions),
                 "qa_second_turn": second_turn_accuracy(answer_second, questions),
                 "pope": pope_metrics(answer, read_qa(data / "pope.jsonl")),
-                "absent_objects": absent_object_rate(captions, present, meta["colors"], meta["shapes"])}
+                "absent_objects": absent}
     finally:
         vlm.image_cache = own_cache
+
+
+def absent_objects(answer: Callable[[list[str], list[str]], list[str]], data: Path) -> dict[str, float]:
+    """The objects named in `answer`'s captions of the scenes with objects in `data` that the scene
+    does not hold (`absent_object_rate`); `answer(images, prompts)` takes image names relative to
+    `data`."""
+    meta = json.loads((data / "meta.json").read_text())["vocabulary"]
+    scenes = [json.loads(line) for line in (data / "scenes.jsonl").read_text().splitlines()]
+    shape_scenes = [s for s in scenes if s["kind"] == "shapes"]
+    captions = answer([s["image"] for s in shape_scenes], [CAPTION_PROMPT] * len(shape_scenes))
+    present = [{f"{o['color']} {o['shape']}" for o in s["objects"]} for s in shape_scenes]
+    return absent_object_rate(captions, present, meta["colors"], meta["shapes"])
 
 
 PAIR_KINDS = ("caption", "probe", "question")
